@@ -1,0 +1,454 @@
+/*
+ * http.c - libmicrohttpd inside the libuv loop.
+ *
+ * MHD runs in external-epoll mode: its epoll descriptor is watched by a
+ * uv_poll handle and its timeout by a uv_timer; every MHD_run happens on
+ * the loop thread, so handlers call the engine directly.  Owns the
+ * daemon, the request-context free list and the list of suspended
+ * requests.
+ *
+ * Request flow: first access-handler call -> context from the free list,
+ * route matched (early errors such as 404 or 413 answered here); body
+ * chunks appended to req->body up to max_body_bytes; final call ->
+ * sd_routes_dispatch.  A suspended request comes back through
+ * sd_req_finish, which resumes the connection; the next handler call
+ * queues the response prepared then.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "http_internal.h"
+#include "streamd/err.h"
+#include "streamd/log.h"
+
+#define FREE_REQS_MAX 1024
+#define KEEP_BUF_BYTES (256u * 1024u)
+
+static void schedule(struct sd_http *h);
+
+/* ---- the loop side ------------------------------------------------------ */
+
+static void run_mhd(struct sd_http *h) {
+  if (h->daemon == NULL) return;
+  MHD_run(h->daemon);
+  schedule(h);
+}
+
+static void on_timer(uv_timer_t *t) { run_mhd(t->data); }
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+  (void)status;
+  (void)events;
+  run_mhd(p->data);
+}
+
+/* Arms the timer with MHD's next timeout. */
+static void schedule(struct sd_http *h) {
+  MHD_UNSIGNED_LONG_LONG ms;
+  if (h->daemon == NULL) return;
+  if (MHD_get_timeout(h->daemon, &ms) == MHD_YES)
+    uv_timer_start(&h->timer, on_timer, ms, 0);
+  else
+    uv_timer_stop(&h->timer);
+}
+
+/* ---- request contexts --------------------------------------------------- */
+
+static struct sd_req *req_get(struct sd_http *h) {
+  struct sd_req *r;
+  if (!sd_list_empty(&h->free_reqs)) {
+    r = SD_CONTAINER_OF(h->free_reqs.next, struct sd_req, node);
+    sd_list_remove(&r->node);
+    h->nfree--;
+  } else {
+    r = calloc(1, sizeof(*r));
+    if (r == NULL) return NULL;
+    sd_list_init(&r->node);
+  }
+  r->h = h;
+  h->in_flight++;
+  return r;
+}
+
+static void wait_timer_closed(uv_handle_t *t) {
+  struct sd_req *r = t->data;
+  free(r);
+}
+
+static void req_destroy(struct sd_req *r) {
+  sd_buf_free(&r->body);
+  sd_buf_free(&r->out);
+  sd_buf_free(&r->scratch);
+  free(r->events);
+  free(r->results);
+  free(r->last_read);
+  if (r->wait_timer_init)
+    uv_close((uv_handle_t *)&r->wait_timer, wait_timer_closed);
+  else
+    free(r);
+}
+
+static void shrink(struct sd_buf *b) {
+  if (b->cap > KEEP_BUF_BYTES) sd_buf_free(b);
+  sd_buf_reset(b);
+}
+
+static void req_put(struct sd_http *h, struct sd_req *r) {
+  sd_routes_release(r);
+  h->in_flight--;
+  sd_list_remove(&r->node);
+  if (h->nfree >= FREE_REQS_MAX || h->daemon == NULL) {
+    req_destroy(r);
+    return;
+  }
+  shrink(&r->body);
+  shrink(&r->out);
+  shrink(&r->scratch);
+  /* Reset the per-request fields; buffers and arrays are kept. */
+  r->conn = NULL;
+  r->method = NULL;
+  r->nparts = 0;
+  r->route = 0;
+  r->body_error = 0;
+  r->responded = 0;
+  r->pending = 0;
+  r->suspended = 0;
+  r->status = 0;
+  r->nevents = 0;
+  r->batch = 0;
+  r->consumer[0] = '\0';
+  sd_list_push_back(&h->free_reqs, &r->node);
+  h->nfree++;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
+  struct sd_http *h = cls;
+  struct sd_req *r = *con_cls;
+  (void)c;
+  (void)toe;
+  if (r == NULL) return;
+  *con_cls = NULL;
+  req_put(h, r);
+}
+
+/* ---- responses ---------------------------------------------------------- */
+
+static int origin_allowed(struct sd_req *req, const char *origin) {
+  const struct sd_config *cfg = req->h->cfg;
+  const char *list = cfg->allowed_origins;
+  size_t olen = strlen(origin);
+  /* Listed origins, or "*". */
+  for (const char *p = list; *p;) {
+    while (*p == ' ' || *p == ',') p++;
+    const char *e = p;
+    while (*e && *e != ',') e++;
+    const char *t = e;
+    while (t > p && t[-1] == ' ') t--;
+    if ((size_t)(t - p) == 1 && *p == '*') return 1;
+    if ((size_t)(t - p) == olen && strncmp(p, origin, olen) == 0) return 1;
+    p = e;
+  }
+  /* Same host name as the Host header, any port. */
+  const char *host = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+  const char *sep = strstr(origin, "://");
+  if (host == NULL || sep == NULL) return 0;
+  const char *oh = sep + 3;
+  size_t ohl = strcspn(oh, ":/");
+  size_t hl = host[0] == '[' ? strcspn(host, "]") + 1 : strcspn(host, ":");
+  if (oh[0] == '[') ohl = strcspn(oh, "]") + 1;
+  return ohl == hl && strncasecmp(oh, host, hl) == 0;
+}
+
+static void add_cors(struct sd_req *req, struct MHD_Response *resp) {
+  const char *origin = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Origin");
+  if (origin == NULL || !origin_allowed(req, origin)) return;
+  MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
+  MHD_add_response_header(resp, "Vary", "Origin");
+  if (strcmp(req->method, "OPTIONS") == 0) {
+    MHD_add_response_header(resp, "Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS");
+    MHD_add_response_header(resp, "Access-Control-Allow-Headers", "Content-Type, Authorization");
+    MHD_add_response_header(resp, "Access-Control-Max-Age", "600");
+  }
+}
+
+static void queue_response(struct sd_req *req) {
+  struct MHD_Response *resp =
+      MHD_create_response_from_buffer(req->out.len, req->out.len ? req->out.data : (void *)"", MHD_RESPMEM_PERSISTENT);
+  if (resp == NULL) return; /* MHD closes the connection */
+  if (req->out.len) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  add_cors(req, resp);
+  MHD_queue_response(req->conn, req->status, resp);
+  MHD_destroy_response(resp);
+  req->responded = 1;
+}
+
+void sd_req_suspend(struct sd_req *req) {
+  SD_ASSERT(!req->suspended);
+  req->suspended = 1;
+  req->h->waiting++;
+  sd_list_push_back(&req->h->suspended, &req->node);
+  MHD_suspend_connection(req->conn);
+}
+
+void sd_req_finish(struct sd_req *req, unsigned status) {
+  req->status = status;
+  if (!req->suspended) {
+    queue_response(req);
+    return;
+  }
+  req->suspended = 0;
+  req->h->waiting--;
+  sd_list_remove(&req->node);
+  req->pending = 1; /* queued on the next access-handler call */
+  MHD_resume_connection(req->conn);
+  /* The resume is seen by MHD_run; make sure one happens soon. */
+  uv_timer_start(&req->h->timer, on_timer, 0, 0);
+}
+
+int sd_json_str(struct sd_buf *b, const char *s, size_t len) {
+  json_t *j = json_stringn_nocheck(s, len);
+  if (j == NULL) return -ENOMEM;
+  int rc = sd_buf_reserve(b, len + 2);
+  for (;;) {
+    if (rc != 0) break;
+    size_t n = json_dumpb(j, b->data + b->len, b->cap - b->len, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (n == 0) {
+      rc = -EINVAL;
+      break;
+    }
+    if (n <= b->cap - b->len) {
+      b->len += n;
+      break;
+    }
+    rc = sd_buf_reserve(b, n);
+  }
+  json_decref(j);
+  return rc;
+}
+
+void sd_req_error(struct sd_req *req, int err, const char *message, const char *extra) {
+  struct sd_buf *b = &req->out;
+  sd_buf_reset(b);
+  sd_buf_printf(b, "{\"error\":\"%s\",\"message\":", sd_err_code(err));
+  const char *m = message ? message : sd_strerror(err);
+  sd_json_str(b, m, strlen(m));
+  if (extra && *extra) sd_buf_printf(b, ",%s", extra);
+  SD_BUF_LIT(b, "}");
+  sd_req_finish(req, (unsigned)sd_err_http_status(err));
+}
+
+const char *sd_req_arg(struct sd_req *req, const char *name) {
+  return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+/* ---- the access handler ------------------------------------------------- */
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls) {
+  struct sd_http *h = cls;
+  struct sd_req *req = *con_cls;
+  (void)version;
+
+  if (req == NULL) {
+    req = req_get(h);
+    if (req == NULL) return MHD_NO;
+    *con_cls = req;
+    req->conn = c;
+    req->method = method;
+    size_t n = strlen(url);
+    if (n >= sizeof(req->path)) {
+      sd_req_error(req, SD_E_NOT_FOUND, "path too long", NULL);
+      return MHD_YES;
+    }
+    memcpy(req->path, url, n + 1);
+    if (sd_routes_match(req) != 0) return MHD_YES; /* answered */
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl && strtoull(cl, NULL, 10) > h->cfg->max_body_bytes) {
+      char msg[128];
+      snprintf(msg, sizeof(msg), "request body larger than max_body_bytes (%llu)",
+               (unsigned long long)h->cfg->max_body_bytes);
+      sd_req_error(req, SD_E_TOO_LARGE, msg, NULL);
+    }
+    return MHD_YES;
+  }
+  if (*upload_data_size > 0) {
+    if (!req->responded && !req->body_error) {
+      if (req->body.len + *upload_data_size > req->h->cfg->max_body_bytes)
+        req->body_error = SD_E_TOO_LARGE;
+      else if (sd_buf_append(&req->body, upload_data, *upload_data_size) != 0)
+        req->body_error = -ENOMEM;
+    }
+    *upload_data_size = 0;
+    return MHD_YES;
+  }
+  if (req->pending) {
+    /* A response prepared while suspended, queued now that we are resumed. */
+    req->pending = 0;
+    queue_response(req);
+    return MHD_YES;
+  }
+  if (req->responded) return MHD_YES;
+  if (req->body_error) {
+    char msg[128];
+    snprintf(msg, sizeof(msg), "request body larger than max_body_bytes (%llu)",
+             (unsigned long long)h->cfg->max_body_bytes);
+    sd_req_error(req, req->body_error, req->body_error == SD_E_TOO_LARGE ? msg : NULL, NULL);
+    return MHD_YES;
+  }
+  if (req->suspended) return MHD_YES;
+  sd_routes_dispatch(req);
+  return MHD_YES;
+}
+
+/* ---- daemon life cycle ---------------------------------------------------- */
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* Percent-decoding that leaves "%2F" and "%00" encoded: a decoded '/' must
+ * not split a path segment, and the '%' left in place makes such a name
+ * invalid instead of silently routing elsewhere. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s) {
+  char *w = s;
+  (void)cls;
+  (void)c;
+  for (const char *r = s; *r;) {
+    int hi, lo;
+    if (r[0] == '%' && (hi = hexval(r[1])) >= 0 && (lo = hexval(r[2])) >= 0) {
+      char ch = (char)(hi * 16 + lo);
+      if (ch != '/' && ch != '\0') {
+        *w++ = ch;
+        r += 3;
+        continue;
+      }
+    }
+    *w++ = *r++;
+  }
+  *w = '\0';
+  return (size_t)(w - s);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap) {
+  char msg[512];
+  (void)cls;
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  size_t n = strlen(msg);
+  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == '\r')) msg[--n] = '\0';
+  SD_DEBUG("http: %s", msg);
+}
+
+int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_config *cfg, struct sd_http **out) {
+  struct sockaddr_storage ss;
+  socklen_t sslen;
+  int rc;
+  memset(&ss, 0, sizeof(ss));
+  struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+  struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+  unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG;
+  if (inet_pton(AF_INET, cfg->host, &sin->sin_addr) == 1) {
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(cfg->port);
+    sslen = sizeof(*sin);
+  } else if (inet_pton(AF_INET6, cfg->host, &sin6->sin6_addr) == 1) {
+    sin6->sin6_family = AF_INET6;
+    sin6->sin6_port = htons(cfg->port);
+    sslen = sizeof(*sin6);
+    flags |= MHD_USE_IPv6;
+  } else {
+    SD_ERROR("host '%s' is not an IPv4 or IPv6 address", cfg->host);
+    return SD_E_INVALID_PARAMETER;
+  }
+  (void)sslen;
+
+  struct sd_http *h = calloc(1, sizeof(*h));
+  if (h == NULL) return -ENOMEM;
+  h->loop = loop;
+  h->engine = engine;
+  h->cfg = cfg;
+  h->started_ms = sd_now_ms();
+  sd_list_init(&h->suspended);
+  sd_list_init(&h->free_reqs);
+
+  h->daemon = MHD_start_daemon(
+      flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+      MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+      (unsigned int)cfg->per_ip_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
+      MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_CONNECTION_MEMORY_INCREMENT,
+      (size_t)4096, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024, MHD_OPTION_LISTENING_ADDRESS_REUSE,
+      (unsigned int)1, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_UNESCAPE_CALLBACK, unescape, h,
+      MHD_OPTION_END);
+  if (h->daemon == NULL) {
+    rc = errno ? -errno : -EADDRINUSE;
+    SD_ERROR("cannot listen on %s:%u: %s", cfg->host, cfg->port, sd_strerror(rc));
+    free(h);
+    return rc;
+  }
+  const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_BIND_PORT);
+  h->port = info ? info->port : cfg->port;
+  info = MHD_get_daemon_info(h->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+  SD_ASSERT(info != NULL);
+  uv_poll_init(loop, &h->poll, info->epoll_fd);
+  h->poll.data = h;
+  uv_poll_start(&h->poll, UV_READABLE, on_poll);
+  uv_timer_init(loop, &h->timer);
+  h->timer.data = h;
+  schedule(h);
+  *out = h;
+  return 0;
+}
+
+uint16_t sd_http_port(const struct sd_http *h) { return h->port; }
+size_t sd_http_in_flight(const struct sd_http *h) { return h->in_flight; }
+
+void sd_http_quiesce(struct sd_http *h) {
+  if (h->quiescing) return;
+  h->quiescing = 1;
+  MHD_socket fd = MHD_quiesce_daemon(h->daemon);
+  if (fd != MHD_INVALID_SOCKET) close(fd);
+  /* Long polls answer now with what they have; publishes waiting for
+   * their sync finish on their own. */
+  struct sd_list *n = h->suspended.next;
+  while (n != &h->suspended) {
+    struct sd_list *next = n->next;
+    sd_routes_wake(SD_CONTAINER_OF(n, struct sd_req, node));
+    n = next;
+  }
+}
+
+static void timer_closed(uv_handle_t *t) {
+  struct sd_http *h = t->data;
+  while (!sd_list_empty(&h->free_reqs)) {
+    struct sd_req *r = SD_CONTAINER_OF(h->free_reqs.next, struct sd_req, node);
+    sd_list_remove(&r->node);
+    req_destroy(r);
+  }
+  free(h);
+}
+
+void sd_http_free(struct sd_http *h) {
+  /* Anything still suspended is resumed so MHD can close it. */
+  while (!sd_list_empty(&h->suspended)) {
+    struct sd_req *r = SD_CONTAINER_OF(h->suspended.next, struct sd_req, node);
+    sd_req_error(r, SD_E_SHUTTING_DOWN, NULL, NULL);
+  }
+  uv_poll_stop(&h->poll);
+  uv_timer_stop(&h->timer);
+  struct MHD_Daemon *d = h->daemon;
+  MHD_stop_daemon(d);
+  h->daemon = NULL;
+  uv_close((uv_handle_t *)&h->poll, NULL);
+  uv_close((uv_handle_t *)&h->timer, timer_closed);
+  uv_run(h->loop, UV_RUN_NOWAIT);
+}

@@ -1,0 +1,111 @@
+/*
+ * http_internal.h - what the MHD glue (http.c) and the route handlers
+ * (routes.c) share: the server, the per-request context, response helpers.
+ *
+ * A request context lives from the first access-handler call to MHD's
+ * completion notice; it is taken from a free list and returned to it, so
+ * its buffers are reused across requests.  A handler either queues a
+ * response at once, or suspends the connection (long poll, wait for a sync)
+ * and later calls sd_req_finish, which resumes it; the response prepared
+ * then is queued on the next access-handler call.
+ */
+#ifndef STREAMD_HTTP_INTERNAL_H
+#define STREAMD_HTTP_INTERNAL_H
+
+#include <jansson.h>
+#include <microhttpd.h>
+#include <stdint.h>
+
+#include "streamd/buf.h"
+#include "streamd/config.h"
+#include "streamd/engine.h"
+#include "streamd/http.h"
+#include "streamd/list.h"
+
+struct sd_http {
+  uv_loop_t *loop;
+  struct sd_engine *engine;
+  const struct sd_config *cfg;
+  struct MHD_Daemon *daemon;
+  uv_poll_t poll;
+  uv_timer_t timer;
+  uint16_t port;
+  int quiescing;
+  uint64_t started_ms;
+  size_t in_flight;      /* contexts between first call and completion */
+  size_t waiting;        /* suspended contexts */
+  struct sd_list suspended;
+  struct sd_list free_reqs;
+  size_t nfree;
+};
+
+#define SD_PATH_MAX_PARTS 8
+
+struct sd_req {
+  struct sd_http *h;
+  struct MHD_Connection *conn;
+  struct sd_list node;        /* free list or suspended list */
+  const char *method;
+  char path[1024];            /* copy of the URL path, split in place */
+  char *parts[SD_PATH_MAX_PARTS];
+  int nparts;
+  int route;                  /* matched route, see routes.c */
+  int body_error;             /* an error met while the body streamed in */
+  int responded;              /* a response was queued */
+  int pending;                /* a response waits for the resumed handler call */
+  int suspended;
+  struct sd_buf body;         /* request body */
+  struct sd_buf out;          /* response body */
+  struct sd_buf scratch;      /* encoded event members */
+  unsigned status;            /* of the pending response */
+  struct sd_stream *stream;   /* referenced while suspended */
+  struct sd_durable_op dop;
+  struct sd_waiter waiter;
+  uv_timer_t wait_timer;
+  int wait_timer_init;
+  int wait_closing;
+  /* consume state kept across a long poll */
+  int64_t from;
+  uint32_t limit;
+  int32_t partition;
+  char consumer[SD_MAX_NAME + 1];
+  /* publish state */
+  struct sd_event_in *events;
+  struct sd_append_result *results;
+  size_t nevents, events_cap;
+  int batch;
+  json_t *json;               /* parsed body, owned */
+  uint64_t *last_read;        /* per partition offset read + 1, for consumer positions */
+  uint32_t last_read_cap;
+};
+
+/* Prepares the response (status, body in req->out as JSON) and queues it,
+ * or, for a suspended request, resumes its connection so that it is queued
+ * on the next call.  The body must be in req->out. */
+void sd_req_finish(struct sd_req *req, unsigned status);
+
+/* Writes {"error":code,"message":msg} (plus extra members, a JSON text
+ * fragment like "\"parameter\":\"limit\"" or NULL) into req->out and
+ * finishes with the status of err. */
+void sd_req_error(struct sd_req *req, int err, const char *message, const char *extra);
+
+/* Suspends the connection (the handler answers later with sd_req_finish). */
+void sd_req_suspend(struct sd_req *req);
+
+/* Query argument or NULL. */
+const char *sd_req_arg(struct sd_req *req, const char *name);
+
+/* Dispatches a complete request (routes.c). */
+void sd_routes_dispatch(struct sd_req *req);
+/* Matches the route on the first call: sets req->route; 0 or an error
+ * already answered (routes.c). */
+int sd_routes_match(struct sd_req *req);
+/* Releases what a handler left in req (routes.c). */
+void sd_routes_release(struct sd_req *req);
+/* Answers a waiting long poll at once (shutdown). */
+void sd_routes_wake(struct sd_req *req);
+
+/* Encodes s as a JSON string into b.  0 or -ENOMEM. */
+int sd_json_str(struct sd_buf *b, const char *s, size_t len);
+
+#endif

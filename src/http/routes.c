@@ -1,0 +1,961 @@
+/*
+ * routes.c - the REST routes of API.md: streams, publish, consume by
+ * offset, consumer positions, health, CORS preflight.
+ *
+ * Handlers run on the loop thread.  Each one answers through sd_req_finish
+ * or sd_req_error, at once or after a suspension: a publish in `always`
+ * mode waits for its group-commit sync, a consume with wait_ms waits for
+ * new events.  While suspended a request holds a reference on its stream.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http_internal.h"
+#include "streamd/err.h"
+#include "streamd/log.h"
+
+enum route {
+  R_NONE,
+  R_OPTIONS,
+  R_HEALTH,
+  R_LIST,
+  R_STREAM,
+  R_INFO,
+  R_STATS,
+  R_CONSUMERS,
+  R_PUBLISH,
+  R_CONSUME,
+};
+
+#define MAX_LIMIT 10000
+#define DEFAULT_LIMIT 10
+#define MAX_KEY_BYTES 1024
+
+/* ---- small helpers ----------------------------------------------------------- */
+
+static int is(const char *a, const char *b) { return strcmp(a, b) == 0; }
+
+static void bad_param(struct sd_req *req, const char *name, const char *why) {
+  char msg[256], extra[128];
+  snprintf(msg, sizeof(msg), "query parameter '%s' %s", name, why);
+  snprintf(extra, sizeof(extra), "\"parameter\":\"%s\"", name);
+  sd_req_error(req, SD_E_INVALID_PARAMETER, msg, extra);
+}
+
+static void bad_field(struct sd_req *req, int err, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void bad_field(struct sd_req *req, int err, const char *field, const char *fmt, ...) {
+  char msg[512], extra[128];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  extra[0] = '\0';
+  if (field) snprintf(extra, sizeof(extra), "\"field\":\"%s\"", field);
+  sd_req_error(req, err, msg, extra);
+}
+
+/* Whole number, optionally negative; 0 or -1. */
+static int parse_int(const char *s, int64_t *out) {
+  int neg = 0;
+  uint64_t v = 0;
+  if (*s == '-') {
+    neg = 1;
+    s++;
+  }
+  if (*s == '\0') return -1;
+  for (; *s; s++) {
+    if (*s < '0' || *s > '9') return -1;
+    if (v > (uint64_t)INT64_MAX / 10) return -1;
+    v = v * 10 + (uint64_t)(*s - '0');
+    if (v > (uint64_t)INT64_MAX) return -1;
+  }
+  *out = neg ? -(int64_t)v : (int64_t)v;
+  return 0;
+}
+
+/* Reads an optional whole-number query parameter into *out (unchanged when
+ * absent).  Answers 400 and returns -1 when it is not one or below min. */
+static int arg_int(struct sd_req *req, const char *name, int64_t min, int64_t *out) {
+  const char *v = sd_req_arg(req, name);
+  int64_t x;
+  if (v == NULL) return 0;
+  if (parse_int(v, &x) != 0) {
+    bad_param(req, name, "must be a whole number");
+    return -1;
+  }
+  if (x < min) {
+    char why[64];
+    snprintf(why, sizeof(why), "must be at least %lld", (long long)min);
+    bad_param(req, name, why);
+    return -1;
+  }
+  *out = x;
+  return 0;
+}
+
+/* Nesting depth of a JSON text, strings skipped. */
+static uint32_t json_depth(const char *p, size_t n) {
+  uint32_t depth = 0, max = 0;
+  int in_str = 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = p[i];
+    if (in_str) {
+      if (c == '\\')
+        i++;
+      else if (c == '"')
+        in_str = 0;
+    } else if (c == '"') {
+      in_str = 1;
+    } else if (c == '[' || c == '{') {
+      if (++depth > max) max = depth;
+    } else if (c == ']' || c == '}') {
+      if (depth) depth--;
+    }
+  }
+  return max;
+}
+
+/* Parses req->body into req->json; answers 400 and returns -1 on failure.
+ * An empty body gives req->json NULL and 0 when allow_empty. */
+static int parse_body(struct sd_req *req, int allow_empty) {
+  const struct sd_config *cfg = req->h->cfg;
+  json_error_t jerr;
+  size_t n = req->body.len;
+  const char *p = req->body.data;
+  while (n > 0 && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++, n--;
+  if (n == 0) {
+    if (allow_empty) return 0;
+    sd_req_error(req, SD_E_INVALID_JSON, "request body is empty; a JSON object is expected", NULL);
+    return -1;
+  }
+  if (json_depth(p, n) > cfg->max_json_depth) {
+    char msg[128];
+    snprintf(msg, sizeof(msg), "JSON nested deeper than max_json_depth (%u)", cfg->max_json_depth);
+    sd_req_error(req, SD_E_INVALID_JSON, msg, NULL);
+    return -1;
+  }
+  req->json = json_loadb(p, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+  if (req->json == NULL) {
+    char msg[320];
+    snprintf(msg, sizeof(msg), "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
+    sd_req_error(req, SD_E_INVALID_JSON, msg, NULL);
+    return -1;
+  }
+  return 0;
+}
+
+/* 1 when every real number in v prints back exactly with 15 digits. */
+static int reals_fit15(const json_t *v) {
+  size_t i;
+  const char *k;
+  json_t *x;
+  switch (json_typeof(v)) {
+  case JSON_REAL: {
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%.15g", json_real_value(v));
+    return strtod(buf, NULL) == json_real_value(v);
+  }
+  case JSON_ARRAY:
+    json_array_foreach(v, i, x) if (!reals_fit15(x)) return 0;
+    return 1;
+  case JSON_OBJECT:
+    json_object_foreach((json_t *)v, k, x) if (!reals_fit15(x)) return 0;
+    return 1;
+  default:
+    return 1;
+  }
+}
+
+/* Appends the compact JSON text of v to b.  Real numbers get the fewest
+ * digits that still read back as the same double (15, else 17), so 1.1
+ * stays 1.1. */
+static int dump_json(struct sd_buf *b, const json_t *v) {
+  size_t flags = JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(reals_fit15(v) ? 15 : 17);
+  for (;;) {
+    size_t room = b->cap - b->len;
+    size_t n = json_dumpb(v, room ? b->data + b->len : NULL, room, flags);
+    if (n == 0) return -EINVAL;
+    if (n <= room) {
+      b->len += n;
+      return 0;
+    }
+    int rc = sd_buf_reserve(b, n);
+    if (rc != 0) return rc;
+  }
+}
+
+static struct sd_stream *find_stream(struct sd_req *req) {
+  struct sd_stream *s = sd_engine_find(req->h->engine, req->parts[1]);
+  if (s == NULL) {
+    char msg[320];
+    snprintf(msg, sizeof(msg), "stream '%s' does not exist", req->parts[1]);
+    sd_req_error(req, SD_E_STREAM_NOT_FOUND, msg, NULL);
+  }
+  return s;
+}
+
+static void hold_stream(struct sd_req *req, struct sd_stream *s) {
+  SD_ASSERT(req->stream == NULL);
+  sd_stream_ref(s);
+  req->stream = s;
+}
+
+/* ---- matching ------------------------------------------------------------------ */
+
+static int check_name(struct sd_req *req, const char *name, const char *what) {
+  if (sd_name_check(name, strlen(name)) == 0 && !(is(what, "stream") && is(name, "list"))) return 0;
+  char msg[400];
+  snprintf(msg, sizeof(msg), "invalid %s name '%.255s': 1 to 255 bytes of [A-Za-z0-9._:-], not starting with '.'%s",
+           what, name, is(name, "list") ? " ('list' is reserved)" : "");
+  sd_req_error(req, SD_E_INVALID_NAME, msg, NULL);
+  return -1;
+}
+
+int sd_routes_match(struct sd_req *req) {
+  char *p = req->path;
+  const char *m = req->method;
+  int route = R_NONE, allowed = 0;
+  req->nparts = 0;
+  if (*p == '/') p++;
+  for (;;) {
+    if (req->nparts == SD_PATH_MAX_PARTS) {
+      route = R_NONE;
+      goto not_found;
+    }
+    req->parts[req->nparts++] = p;
+    char *slash = strchr(p, '/');
+    if (slash == NULL) break;
+    *slash = '\0';
+    p = slash + 1;
+  }
+  char **v = req->parts;
+  int n = req->nparts;
+
+  if (is(m, "OPTIONS")) {
+    req->route = R_OPTIONS;
+    return 0;
+  }
+  if (n == 1 && is(v[0], "health")) {
+    route = R_HEALTH;
+    allowed = is(m, "GET") || is(m, "HEAD");
+  } else if (n >= 2 && is(v[0], "stream")) {
+    if (n == 2 && is(v[1], "list") && (is(m, "GET") || is(m, "HEAD"))) {
+      req->route = R_LIST;
+      return 0;
+    }
+    if (n == 2) {
+      route = R_STREAM;
+      allowed = is(m, "POST") || is(m, "PUT") || is(m, "DELETE");
+    } else if (n == 3 && (is(v[2], "info") || is(v[2], "stats") || is(v[2], "consumers"))) {
+      route = is(v[2], "info") ? R_INFO : is(v[2], "stats") ? R_STATS : R_CONSUMERS;
+      allowed = is(m, "GET") || is(m, "HEAD");
+    } else if (n == 3 && is(v[2], "publish")) {
+      route = R_PUBLISH;
+      allowed = is(m, "POST");
+    } else if (n == 4 && is(v[2], "consume")) {
+      route = R_CONSUME;
+      allowed = is(m, "GET") || is(m, "HEAD");
+    }
+    if (route != R_NONE) {
+      if (check_name(req, v[1], "stream") != 0) return -1;
+      if (route == R_CONSUME && check_name(req, v[3], "consumer") != 0) return -1;
+    }
+  }
+not_found:
+  if (route == R_NONE) {
+    sd_req_error(req, SD_E_NOT_FOUND, "no such route", NULL);
+    return -1;
+  }
+  if (!allowed) {
+    char msg[128];
+    snprintf(msg, sizeof(msg), "method %s is not allowed on this route", m);
+    sd_req_error(req, SD_E_METHOD_NOT_ALLOWED, msg, NULL);
+    return -1;
+  }
+  req->route = route;
+  return 0;
+}
+
+/* ---- streams ------------------------------------------------------------------- */
+
+struct cfg_given {
+  int partitions, retention_hours, retention_bytes, max_events;
+};
+
+static int parse_stream_config(struct sd_req *req, struct sd_stream_config *cfg, struct cfg_given *given) {
+  *cfg = sd_engine_options(req->h->engine)->defaults;
+  memset(given, 0, sizeof(*given));
+  if (req->json == NULL) return 0;
+  if (!json_is_object(req->json)) {
+    sd_req_error(req, SD_E_INVALID_JSON, "the body must be a JSON object", NULL);
+    return -1;
+  }
+  static const struct {
+    const char *name;
+    int64_t min, max;
+  } fields[] = {{"partitions", 1, SD_MAX_PARTITIONS},
+                {"retention_hours", 0, 24 * 365 * 1000},
+                {"retention_bytes", 0, INT64_MAX},
+                {"max_events", 0, INT64_MAX}};
+  for (size_t i = 0; i < 4; i++) {
+    json_t *x = json_object_get(req->json, fields[i].name);
+    if (x == NULL) continue;
+    if (!json_is_integer(x) || json_integer_value(x) < fields[i].min || json_integer_value(x) > fields[i].max) {
+      bad_field(req, SD_E_INVALID_PARAMETER, fields[i].name, "'%s' must be a whole number from %lld to %lld",
+                fields[i].name, (long long)fields[i].min, (long long)fields[i].max);
+      return -1;
+    }
+    uint64_t val = (uint64_t)json_integer_value(x);
+    switch (i) {
+    case 0: cfg->partitions = (uint32_t)val; given->partitions = 1; break;
+    case 1: cfg->retention_hours = val; given->retention_hours = 1; break;
+    case 2: cfg->retention_bytes = val; given->retention_bytes = 1; break;
+    default: cfg->max_events = val; given->max_events = 1; break;
+    }
+  }
+  return 0;
+}
+
+static void created_response(struct sd_req *req, struct sd_stream *s, int put) {
+  const struct sd_stream_config *c = sd_stream_config(s);
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "{\"success\":true,\"stream\":");
+  sd_json_str(&req->out, sd_stream_name(s), strlen(sd_stream_name(s)));
+  sd_buf_printf(&req->out, ",%s\"partitions\":%u,\"retention_hours\":%llu}", put ? "\"created\":true," : "",
+                c->partitions, (unsigned long long)c->retention_hours);
+}
+
+static void on_create_durable(struct sd_durable_op *op, int status) {
+  struct sd_req *req = op->data;
+  if (status != 0 && status != SD_E_STREAM_DELETED) {
+    sd_req_error(req, status, "stream created but its metadata could not be synced", NULL);
+    return;
+  }
+  created_response(req, req->stream, is(req->method, "PUT"));
+  sd_req_finish(req, 201);
+}
+
+static void handle_stream(struct sd_req *req) {
+  struct sd_engine *e = req->h->engine;
+  const char *name = req->parts[1];
+  struct sd_stream_config cfg;
+  struct cfg_given given;
+  struct sd_stream *s;
+  int created = 0, rc;
+
+  if (is(req->method, "DELETE")) {
+    rc = sd_engine_delete(e, name);
+    if (rc != 0) {
+      char msg[320];
+      snprintf(msg, sizeof(msg), "stream '%s' does not exist", name);
+      sd_req_error(req, rc, rc == SD_E_STREAM_NOT_FOUND ? msg : NULL, NULL);
+      return;
+    }
+    sd_buf_reset(&req->out);
+    sd_buf_printf(&req->out, "{\"success\":true}");
+    sd_req_finish(req, 200);
+    return;
+  }
+  if (parse_body(req, 1) != 0 || parse_stream_config(req, &cfg, &given) != 0) return;
+  int put = is(req->method, "PUT");
+  if (put && (s = sd_engine_find(e, name)) != NULL) {
+    const struct sd_stream_config *have = sd_stream_config(s);
+    if ((given.partitions && have->partitions != cfg.partitions) ||
+        (given.retention_hours && have->retention_hours != cfg.retention_hours) ||
+        (given.retention_bytes && have->retention_bytes != cfg.retention_bytes) ||
+        (given.max_events && have->max_events != cfg.max_events)) {
+      char msg[400];
+      snprintf(msg, sizeof(msg), "stream '%s' exists with other settings (partitions %u, retention_hours %llu)",
+               name, have->partitions, (unsigned long long)have->retention_hours);
+      sd_req_error(req, SD_E_CONFIG_MISMATCH, msg, NULL);
+      return;
+    }
+    sd_buf_reset(&req->out);
+    SD_BUF_LIT(&req->out, "{\"success\":true,\"stream\":");
+    sd_json_str(&req->out, name, strlen(name));
+    sd_buf_printf(&req->out, ",\"created\":false}");
+    sd_req_finish(req, 200);
+    return;
+  }
+  rc = sd_engine_create(e, name, &cfg, 1, &s, &created);
+  if (rc != 0) {
+    char msg[320];
+    snprintf(msg, sizeof(msg), "stream '%s' already exists", name);
+    sd_req_error(req, rc, rc == SD_E_STREAM_EXISTS ? msg : NULL, NULL);
+    return;
+  }
+  if (sd_engine_options(e)->durability == SD_DURABILITY_NEVER) {
+    created_response(req, s, put);
+    sd_req_finish(req, 201);
+    return;
+  }
+  /* Answer once the stream's files and directory entries are synced. */
+  hold_stream(req, s);
+  req->dop.cb = on_create_durable;
+  req->dop.data = req;
+  sd_req_suspend(req);
+  sd_stream_when_durable(s, &req->dop);
+}
+
+static void list_one(void *arg, struct sd_stream *s) {
+  struct sd_req *req = arg;
+  if (req->out.data[req->out.len - 1] != '[') SD_BUF_LIT(&req->out, ",");
+  sd_json_str(&req->out, sd_stream_name(s), strlen(sd_stream_name(s)));
+}
+
+static void handle_list(struct sd_req *req) {
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "{\"streams\":[");
+  sd_engine_foreach(req->h->engine, list_one, req);
+  SD_BUF_LIT(&req->out, "]}");
+  sd_req_finish(req, 200);
+}
+
+struct totals {
+  uint64_t count;
+  uint64_t min;    /* minimum over partitions of min_offset */
+  int64_t max;     /* maximum over partitions of max_offset (-1 when all empty) */
+};
+
+static void stream_totals(struct sd_stream *s, struct totals *t) {
+  const struct sd_stream_config *c = sd_stream_config(s);
+  t->count = 0;
+  t->min = UINT64_MAX;
+  t->max = -1;
+  for (uint32_t p = 0; p < c->partitions; p++) {
+    struct sd_partition_stat ps;
+    sd_stream_partition_stat(s, p, &ps);
+    t->count += ps.next_offset - ps.min_offset;
+    if (ps.min_offset < t->min) t->min = ps.min_offset;
+    if ((int64_t)ps.next_offset - 1 > t->max) t->max = (int64_t)ps.next_offset - 1;
+  }
+}
+
+static void handle_info(struct sd_req *req, struct sd_stream *s) {
+  const struct sd_stream_config *c = sd_stream_config(s);
+  struct sd_stream_stat st;
+  struct totals t;
+  sd_stream_stat(s, &st);
+  stream_totals(s, &t);
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "{\"name\":");
+  sd_json_str(&req->out, sd_stream_name(s), strlen(sd_stream_name(s)));
+  sd_buf_printf(&req->out,
+                ",\"partitions\":%u,\"retention_hours\":%llu,\"retention_bytes\":%llu,\"max_events\":%llu,"
+                "\"message_count\":%llu,\"min_offset\":%llu,\"max_offset\":%lld,\"created_at\":%llu,"
+                "\"generation\":%llu}",
+                c->partitions, (unsigned long long)c->retention_hours, (unsigned long long)c->retention_bytes,
+                (unsigned long long)c->max_events, (unsigned long long)t.count, (unsigned long long)t.min,
+                (long long)t.max, (unsigned long long)st.created_at_ms, (unsigned long long)st.generation);
+  sd_req_finish(req, 200);
+}
+
+static void handle_stats(struct sd_req *req, struct sd_stream *s) {
+  const struct sd_stream_config *c = sd_stream_config(s);
+  struct sd_stream_stat st;
+  struct totals t;
+  sd_stream_stat(s, &st);
+  stream_totals(s, &t);
+  struct sd_buf *b = &req->out;
+  sd_buf_reset(b);
+  SD_BUF_LIT(b, "{\"name\":");
+  sd_json_str(b, sd_stream_name(s), strlen(sd_stream_name(s)));
+  sd_buf_printf(b,
+                ",\"message_count\":%llu,\"min_offset\":%llu,\"max_offset\":%lld,\"subscriber_count\":%u,"
+                "\"total_published\":%llu,\"total_consumed\":%llu,\"dropped\":0,\"created_at\":%llu,"
+                "\"generation\":%llu,\"partition_count\":%u,\"partitions\":[",
+                (unsigned long long)t.count, (unsigned long long)t.min, (long long)t.max, st.subscribers,
+                (unsigned long long)st.total_published, (unsigned long long)st.total_consumed,
+                (unsigned long long)st.created_at_ms, (unsigned long long)st.generation, c->partitions);
+  for (uint32_t p = 0; p < c->partitions; p++) {
+    struct sd_partition_stat ps;
+    sd_stream_partition_stat(s, p, &ps);
+    sd_buf_printf(b, "%s{\"partition\":%u,\"message_count\":%llu,\"min_offset\":%llu,\"max_offset\":%lld,\"bytes\":%llu",
+                  p ? "," : "", p, (unsigned long long)(ps.next_offset - ps.min_offset),
+                  (unsigned long long)ps.min_offset, (long long)ps.next_offset - 1, (unsigned long long)ps.bytes);
+    const char *ro = sd_stream_read_only_reason(s, p);
+    if (ro) {
+      SD_BUF_LIT(b, ",\"read_only\":");
+      sd_json_str(b, ro, strlen(ro));
+    }
+    SD_BUF_LIT(b, "}");
+  }
+  SD_BUF_LIT(b, "]}");
+  sd_req_finish(req, 200);
+}
+
+struct consumers_ctx {
+  struct sd_req *req;
+  struct sd_stream *s;
+  int n;
+};
+
+static void consumer_one(void *arg, const struct sd_consumer_pos *p) {
+  struct consumers_ctx *x = arg;
+  struct sd_partition_stat ps;
+  sd_stream_partition_stat(x->s, p->partition, &ps);
+  uint64_t lag = ps.next_offset > p->offset + 1 ? ps.next_offset - p->offset - 1 : 0;
+  struct sd_buf *b = &x->req->out;
+  if (x->n++ > 0) SD_BUF_LIT(b, ",");
+  SD_BUF_LIT(b, "{\"consumer\":");
+  sd_json_str(b, p->consumer, strlen(p->consumer));
+  sd_buf_printf(b, ",\"partition\":%u,\"offset\":%llu,\"lag\":%llu,\"last_seen\":%llu}", p->partition,
+                (unsigned long long)p->offset, (unsigned long long)lag, (unsigned long long)p->last_seen_ms);
+}
+
+static void handle_consumers(struct sd_req *req, struct sd_stream *s) {
+  struct consumers_ctx x = {req, s, 0};
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "{\"consumers\":[");
+  sd_stream_consumers_foreach(s, consumer_one, &x);
+  SD_BUF_LIT(&req->out, "]}");
+  sd_req_finish(req, 200);
+}
+
+/* ---- publish -------------------------------------------------------------------- */
+
+static int events_reserve(struct sd_req *req, size_t n) {
+  if (n <= req->events_cap) return 0;
+  size_t cap = req->events_cap ? req->events_cap : 16;
+  while (cap < n) cap *= 2;
+  struct sd_event_in *ev = realloc(req->events, cap * sizeof(*ev));
+  if (ev == NULL) return -ENOMEM;
+  req->events = ev;
+  struct sd_append_result *r = realloc(req->results, cap * sizeof(*r));
+  if (r == NULL) return -ENOMEM;
+  req->results = r;
+  req->events_cap = cap;
+  return 0;
+}
+
+/* Validates one event object and appends its members to req->scratch.
+ * Pointers into scratch are fixed up once every event is encoded, since
+ * scratch may move while it grows.  Answers 400/413 and returns -1. */
+static int encode_event(struct sd_req *req, json_t *o, size_t idx, int batch, size_t raw_len,
+                        struct sd_event_in *ev) {
+  const struct sd_config *cfg = req->h->cfg;
+  char where[48] = "";
+  struct sd_buf *b = &req->scratch;
+  if (batch) snprintf(where, sizeof(where), "event %zu: ", idx);
+  if (!json_is_object(o)) {
+    bad_field(req, SD_E_INVALID_EVENT, NULL, "%san event must be a JSON object", where);
+    return -1;
+  }
+  json_t *event = json_object_get(o, "event");
+  json_t *data = json_object_get(o, "data");
+  json_t *key = json_object_get(o, "partition_key");
+  json_t *part = json_object_get(o, "partition");
+  json_t *headers = json_object_get(o, "headers");
+  json_t *id = json_object_get(o, "id");
+  if (event == NULL) {
+    bad_field(req, SD_E_INVALID_EVENT, "event", "%smissing field 'event'", where);
+    return -1;
+  }
+  if (!json_is_string(event) || json_string_length(event) < 1 || json_string_length(event) > 255) {
+    bad_field(req, SD_E_INVALID_EVENT, "event", "%sfield 'event' must be a string of 1 to 255 bytes", where);
+    return -1;
+  }
+  if (data == NULL) {
+    bad_field(req, SD_E_INVALID_EVENT, "data", "%smissing field 'data'", where);
+    return -1;
+  }
+  if (key && (!json_is_string(key) || json_string_length(key) < 1 || json_string_length(key) > MAX_KEY_BYTES)) {
+    bad_field(req, SD_E_INVALID_EVENT, "partition_key", "%sfield 'partition_key' must be a string of 1 to %d bytes",
+              where, MAX_KEY_BYTES);
+    return -1;
+  }
+  if (part && (!json_is_integer(part) || json_integer_value(part) < 0 ||
+               json_integer_value(part) >= SD_MAX_PARTITIONS)) {
+    bad_field(req, SD_E_INVALID_EVENT, "partition", "%sfield 'partition' must be a partition number", where);
+    return -1;
+  }
+  if (headers) {
+    const char *hk;
+    json_t *hv;
+    int ok = json_is_object(headers);
+    if (ok) json_object_foreach(headers, hk, hv) ok = ok && json_is_string(hv);
+    if (!ok) {
+      bad_field(req, SD_E_INVALID_EVENT, "headers", "%sfield 'headers' must be an object of strings", where);
+      return -1;
+    }
+  }
+  if (id && (!json_is_string(id) || json_string_length(id) < 1 || json_string_length(id) > SD_MAX_ID)) {
+    bad_field(req, SD_E_INVALID_EVENT, "id", "%sfield 'id' must be a string of 1 to %d bytes", where, SD_MAX_ID);
+    return -1;
+  }
+  size_t start = b->len;
+  int rc = SD_BUF_LIT(b, "\"event\":");
+  if (rc == 0) rc = dump_json(b, event);
+  if (rc == 0 && key) rc = SD_BUF_LIT(b, ",\"key\":") ?: dump_json(b, key);
+  if (rc == 0 && headers) rc = SD_BUF_LIT(b, ",\"headers\":") ?: dump_json(b, headers);
+  if (rc == 0 && id) rc = SD_BUF_LIT(b, ",\"id\":") ?: dump_json(b, id);
+  if (rc == 0) rc = SD_BUF_LIT(b, ",\"data\":") ?: dump_json(b, data);
+  if (rc != 0) {
+    sd_req_error(req, rc, NULL, NULL);
+    return -1;
+  }
+  size_t size = raw_len ? raw_len : b->len - start + 2;
+  if (size > cfg->engine.max_event_bytes) {
+    char extra[64];
+    snprintf(extra, sizeof(extra), "\"max_event_bytes\":%u", cfg->engine.max_event_bytes);
+    char msg[160];
+    snprintf(msg, sizeof(msg), "%sevent of %zu bytes is larger than max_event_bytes (%u)", where, size,
+             cfg->engine.max_event_bytes);
+    sd_req_error(req, SD_E_EVENT_TOO_LARGE, msg, extra);
+    return -1;
+  }
+  ev->members = (const char *)(uintptr_t)start; /* fixed up later */
+  ev->members_len = b->len - start;
+  ev->key = key ? json_string_value(key) : NULL;
+  ev->key_len = key ? json_string_length(key) : 0;
+  ev->id = id ? json_string_value(id) : NULL;
+  ev->id_len = id ? json_string_length(id) : 0;
+  ev->partition = part ? (int32_t)json_integer_value(part) : -1;
+  return 0;
+}
+
+static void publish_response(struct sd_req *req) {
+  struct sd_buf *b = &req->out;
+  sd_buf_reset(b);
+  if (!req->batch) {
+    struct sd_append_result *r = &req->results[0];
+    sd_buf_printf(b, "{\"success\":true,\"offset\":%llu,\"partition\":%u%s}", (unsigned long long)r->offset,
+                  r->partition, r->duplicate ? ",\"duplicate\":true" : "");
+  } else {
+    SD_BUF_LIT(b, "{\"success\":true,\"results\":[");
+    for (size_t i = 0; i < req->nevents; i++) {
+      struct sd_append_result *r = &req->results[i];
+      sd_buf_printf(b, "%s{\"partition\":%u,\"offset\":%llu%s}", i ? "," : "", r->partition,
+                    (unsigned long long)r->offset, r->duplicate ? ",\"duplicate\":true" : "");
+    }
+    SD_BUF_LIT(b, "]}");
+  }
+  sd_req_finish(req, 200);
+}
+
+static void on_publish_durable(struct sd_durable_op *op, int status) {
+  struct sd_req *req = op->data;
+  if (status != 0) {
+    sd_req_error(req, status,
+                 status == SD_E_STREAM_DELETED ? "the stream was deleted before the events were synced"
+                                               : "the events could not be synced; they may not be stored",
+                 NULL);
+    return;
+  }
+  publish_response(req);
+}
+
+static void handle_publish(struct sd_req *req) {
+  const struct sd_config *cfg = req->h->cfg;
+  struct sd_engine *e = req->h->engine;
+  struct sd_stream *s;
+  json_t *list = NULL;
+  int rc;
+
+  if (parse_body(req, 0) != 0) return;
+  if (json_is_array(req->json)) {
+    list = req->json;
+  } else if (json_is_object(req->json) && json_object_get(req->json, "event") == NULL &&
+             json_is_array(json_object_get(req->json, "events"))) {
+    list = json_object_get(req->json, "events");
+  } else if (!json_is_object(req->json)) {
+    sd_req_error(req, SD_E_INVALID_EVENT, "the body must be an event object, an array of events or {\"events\":[...]}",
+                 NULL);
+    return;
+  }
+  req->batch = list != NULL;
+  size_t n = list ? json_array_size(list) : 1;
+  if (n == 0) {
+    sd_req_error(req, SD_E_INVALID_EVENT, "the batch holds no events", NULL);
+    return;
+  }
+  if (n > cfg->max_batch_events) {
+    char msg[128];
+    snprintf(msg, sizeof(msg), "batch of %zu events is larger than max_batch_events (%u)", n, cfg->max_batch_events);
+    sd_req_error(req, SD_E_BATCH_TOO_LARGE, msg, NULL);
+    return;
+  }
+  if ((rc = events_reserve(req, n)) != 0) {
+    sd_req_error(req, rc, NULL, NULL);
+    return;
+  }
+  sd_buf_reset(&req->scratch);
+  for (size_t i = 0; i < n; i++) {
+    json_t *o = list ? json_array_get(list, i) : req->json;
+    if (encode_event(req, o, i, list != NULL, list ? 0 : req->body.len, &req->events[i]) != 0) return;
+  }
+  for (size_t i = 0; i < n; i++) req->events[i].members = req->scratch.data + (uintptr_t)req->events[i].members;
+  req->nevents = n;
+
+  s = sd_engine_find(e, req->parts[1]);
+  if (s == NULL) {
+    int created;
+    if (!cfg->auto_create_streams) {
+      find_stream(req);
+      return;
+    }
+    if ((rc = sd_engine_create(e, req->parts[1], NULL, 0, &s, &created)) != 0) {
+      sd_req_error(req, rc, NULL, NULL);
+      return;
+    }
+  }
+  for (size_t i = 0; i < n; i++) {
+    if (req->events[i].partition >= (int32_t)sd_stream_config(s)->partitions) {
+      char extra[64];
+      snprintf(extra, sizeof(extra), "\"field\":\"partition\",\"partitions\":%u", sd_stream_config(s)->partitions);
+      char msg[160];
+      snprintf(msg, sizeof(msg), "partition %d does not exist (the stream has %u)", req->events[i].partition,
+               sd_stream_config(s)->partitions);
+      sd_req_error(req, SD_E_INVALID_PARAMETER, msg, extra);
+      return;
+    }
+  }
+  if ((size_t)req->h->waiting >= cfg->max_waiting) {
+    sd_req_error(req, SD_E_BUSY, NULL, NULL);
+    return;
+  }
+  rc = sd_stream_append(s, req->events, n, req->results);
+  if (rc < 0) {
+    const char *msg = NULL;
+    char buf[400];
+    if (rc == SD_E_READ_ONLY) {
+      for (size_t i = 0; i < n && msg == NULL; i++)
+        for (uint32_t p = 0; p < sd_stream_config(s)->partitions && msg == NULL; p++)
+          msg = sd_stream_read_only_reason(s, p);
+      if (msg) {
+        snprintf(buf, sizeof(buf), "partition stopped accepting writes: %s", msg);
+        msg = buf;
+      }
+    } else if (rc == -ENOSPC || rc == -EDQUOT) {
+      msg = "the disk is full; nothing was stored";
+    }
+    sd_req_error(req, rc, msg, NULL);
+    return;
+  }
+  if (rc == 0) {
+    publish_response(req);
+    return;
+  }
+  hold_stream(req, s);
+  req->dop.cb = on_publish_durable;
+  req->dop.data = req;
+  sd_req_suspend(req);
+  sd_stream_when_durable(s, &req->dop);
+}
+
+/* ---- consume -------------------------------------------------------------------- */
+
+static int append_record(void *arg, const struct sd_record *rec) {
+  struct sd_req *req = arg;
+  struct sd_buf *b = &req->out;
+  if (sd_buf_reserve(b, rec->json_len + 2) != 0) return 1;
+  if (b->data[b->len - 1] != '[') b->data[b->len++] = ',';
+  memcpy(b->data + b->len, rec->json, rec->json_len);
+  b->len += rec->json_len;
+  if (rec->partition < req->last_read_cap) req->last_read[rec->partition] = rec->offset + 1;
+  return 0;
+}
+
+static void consume_timer_cb(uv_timer_t *t);
+static void consume_wake_cb(struct sd_waiter *w, int status);
+
+/* Reads what is there; answers, or waits when nothing is and time remains.
+ * Returns nothing: the request is answered or suspended. */
+static void consume_run(struct sd_req *req, int final) {
+  struct sd_stream *s = req->stream;
+  const struct sd_stream_config *c = sd_stream_config(s);
+  size_t max_bytes = req->h->cfg->max_body_bytes;
+  int rc;
+
+  memset(req->last_read, 0, req->last_read_cap * sizeof(*req->last_read));
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "[");
+  if (req->partition >= 0 || c->partitions == 1) {
+    uint32_t p = req->partition >= 0 ? (uint32_t)req->partition : 0;
+    uint64_t from;
+    rc = sd_stream_resolve_offset(s, p, req->from, &from);
+    if (rc == 0) {
+      rc = sd_stream_read(s, p, from, req->limit, max_bytes, append_record, req);
+      /* A long poll keeps its resolved start, so "-N" or the end stays put. */
+      req->from = (int64_t)from;
+    }
+  } else {
+    rc = sd_stream_read_merged(s, req->from, req->limit, max_bytes, append_record, req);
+  }
+  if (rc == SD_E_OFFSET_OUT_OF_RANGE) {
+    struct sd_partition_stat ps;
+    uint32_t p = req->partition >= 0 ? (uint32_t)req->partition : 0;
+    struct totals t;
+    char extra[128], msg[200];
+    if (req->partition >= 0 || c->partitions == 1) {
+      sd_stream_partition_stat(s, p, &ps);
+      t.min = ps.min_offset;
+      t.max = (int64_t)ps.next_offset - 1;
+    } else {
+      stream_totals(s, &t);
+    }
+    snprintf(extra, sizeof(extra), "\"min_offset\":%llu,\"max_offset\":%lld", (unsigned long long)t.min,
+             (long long)t.max);
+    snprintf(msg, sizeof(msg), "offset %lld was removed by retention; the oldest offset is %llu",
+             (long long)req->from, (unsigned long long)t.min);
+    sd_req_error(req, rc, msg, extra);
+    return;
+  }
+  if (rc < 0) {
+    sd_req_error(req, rc, rc == SD_E_CORRUPT ? "a stored record failed its checksum" : NULL, NULL);
+    return;
+  }
+  if (rc == 0 && !final && !req->h->quiescing) {
+    /* Nothing yet: wait for an append (or the timer armed by handle_consume). */
+    if (!req->suspended) sd_req_suspend(req);
+    req->waiter.cb = consume_wake_cb;
+    req->waiter.data = req;
+    sd_stream_wait(s, &req->waiter);
+    return;
+  }
+  if (rc > 0) {
+    uint64_t now = sd_now_ms();
+    for (uint32_t p = 0; p < req->last_read_cap && p < c->partitions; p++)
+      if (req->last_read[p]) sd_stream_consumer_seen(s, req->consumer, p, req->last_read[p] - 1, now);
+    sd_stream_count_consumed(s, (uint64_t)rc);
+  }
+  SD_BUF_LIT(&req->out, "]");
+  uv_timer_stop(&req->wait_timer);
+  sd_req_finish(req, 200);
+}
+
+static void consume_timer_cb(uv_timer_t *t) {
+  struct sd_req *req = t->data;
+  sd_stream_wait_cancel(&req->waiter);
+  consume_run(req, 1);
+}
+
+static void consume_wake_cb(struct sd_waiter *w, int status) {
+  struct sd_req *req = w->data;
+  if (status != 0) {
+    uv_timer_stop(&req->wait_timer);
+    if (status == SD_E_STREAM_DELETED) {
+      char msg[320];
+      snprintf(msg, sizeof(msg), "stream '%s' was deleted", sd_stream_name(req->stream));
+      sd_req_error(req, SD_E_STREAM_NOT_FOUND, msg, NULL);
+    } else {
+      sd_req_error(req, status, NULL, NULL);
+    }
+    return;
+  }
+  consume_run(req, 0);
+}
+
+static void handle_consume(struct sd_req *req, struct sd_stream *s) {
+  const struct sd_config *cfg = req->h->cfg;
+  const struct sd_stream_config *c = sd_stream_config(s);
+  int64_t from = 0, limit = DEFAULT_LIMIT, partition = -1, wait_ms = 0;
+  if (arg_int(req, "from_offset", INT64_MIN, &from) != 0 || arg_int(req, "limit", 1, &limit) != 0 ||
+      arg_int(req, "partition", 0, &partition) != 0 || arg_int(req, "wait_ms", 0, &wait_ms) != 0)
+    return;
+  if (partition >= (int64_t)c->partitions) {
+    char why[96];
+    snprintf(why, sizeof(why), "names partition %lld, but the stream has %u", (long long)partition, c->partitions);
+    bad_param(req, "partition", why);
+    return;
+  }
+  if (limit > MAX_LIMIT) limit = MAX_LIMIT;
+  if (wait_ms > cfg->max_wait_ms) wait_ms = cfg->max_wait_ms;
+  if (req->last_read_cap < c->partitions) {
+    uint64_t *lr = realloc(req->last_read, c->partitions * sizeof(*lr));
+    if (lr == NULL) {
+      sd_req_error(req, -ENOMEM, NULL, NULL);
+      return;
+    }
+    req->last_read = lr;
+    req->last_read_cap = c->partitions;
+  }
+  snprintf(req->consumer, sizeof(req->consumer), "%s", req->parts[3]);
+  req->from = from;
+  req->limit = (uint32_t)limit;
+  req->partition = (int32_t)partition;
+  hold_stream(req, s);
+  if (wait_ms > 0) {
+    if (req->h->waiting >= cfg->max_waiting) {
+      sd_req_error(req, SD_E_BUSY, NULL, NULL);
+      return;
+    }
+    if (!req->wait_timer_init) {
+      uv_timer_init(req->h->loop, &req->wait_timer);
+      req->wait_timer.data = req;
+      req->wait_timer_init = 1;
+    }
+    uv_timer_start(&req->wait_timer, consume_timer_cb, (uint64_t)wait_ms, 0);
+    consume_run(req, 0);
+  } else {
+    consume_run(req, 1);
+  }
+}
+
+void sd_routes_wake(struct sd_req *req) {
+  if (req->route != R_CONSUME || !req->suspended) return;
+  sd_stream_wait_cancel(&req->waiter);
+  consume_run(req, 1);
+}
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+void sd_routes_dispatch(struct sd_req *req) {
+  struct sd_stream *s;
+  switch (req->route) {
+  case R_OPTIONS:
+    sd_buf_reset(&req->out);
+    sd_req_finish(req, 204);
+    return;
+  case R_HEALTH:
+    sd_buf_reset(&req->out);
+    sd_buf_printf(&req->out, "{\"status\":\"healthy\",\"uptime_secs\":%llu}",
+                  (unsigned long long)((sd_now_ms() - req->h->started_ms) / 1000));
+    sd_req_finish(req, 200);
+    return;
+  case R_LIST:
+    handle_list(req);
+    return;
+  case R_STREAM:
+    handle_stream(req);
+    return;
+  case R_PUBLISH:
+    handle_publish(req);
+    return;
+  default:
+    break;
+  }
+  if ((s = find_stream(req)) == NULL) return;
+  switch (req->route) {
+  case R_INFO:
+    handle_info(req, s);
+    break;
+  case R_STATS:
+    handle_stats(req, s);
+    break;
+  case R_CONSUMERS:
+    handle_consumers(req, s);
+    break;
+  case R_CONSUME:
+    handle_consume(req, s);
+    break;
+  default:
+    sd_req_error(req, SD_E_NOT_FOUND, "no such route", NULL);
+    break;
+  }
+}
+
+void sd_routes_release(struct sd_req *req) {
+  sd_stream_wait_cancel(&req->waiter);
+  if (req->wait_timer_init) uv_timer_stop(&req->wait_timer);
+  if (req->stream) {
+    sd_stream_unref(req->stream);
+    req->stream = NULL;
+  }
+  json_decref(req->json);
+  req->json = NULL;
+}
