@@ -6,6 +6,7 @@
  *   4. every handle is closed and the loop must close cleanly; exit 0
  */
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +75,12 @@ int main(int argc, char **argv) {
   }
   sd_log_set_level(lvl);
   signal(SIGPIPE, SIG_IGN);
+  /* Every connection holds a descriptor: use all the hard limit allows. */
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
 
   if ((rc = uv_loop_init(&sv.loop)) != 0) {
     SD_ERROR("uv_loop_init: %s", uv_strerror(rc));
