@@ -54,6 +54,8 @@ static const struct key keys[] = {
      "most connections from one address (default 0 = no limit)"},
     {"connection_timeout_s", K_U32, F(connection_timeout_s), 1, 86400,
      "idle connection timeout in seconds (default 90)"},
+    {"header_timeout_s", K_U32, F(header_timeout_s), 1, 86400,
+     "time a new connection has to send its first request, in seconds (default 10)"},
     {"max_json_depth", K_U32, F(max_json_depth), 2, 1000, "deepest nesting of request JSON (default 32)"},
     {"max_wait_ms", K_U32, F(max_wait_ms), 0, 3600000, "longest long poll (default 60000)"},
     {"max_waiting", K_U32, F(max_waiting), 1, 10000000,
@@ -76,6 +78,7 @@ void sd_config_default(struct sd_config *c) {
   c->max_connections = 10000;
   c->per_ip_connections = 0;
   c->connection_timeout_s = 90;
+  c->header_timeout_s = 10;
   c->max_json_depth = 32;
   c->max_wait_ms = 60000;
   c->max_waiting = 100000;

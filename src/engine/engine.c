@@ -40,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -63,6 +64,7 @@ struct partition {
   int dirty;            /* appended since the last sync job started */
   int dir_dirty;        /* directory entries changed since then */
   int prealloc;
+  int reserving;        /* a reserve job runs for the active segment */
   char *ro_reason;      /* non-NULL: read-only after a failed sync */
   /* batch rollback marks */
   uint32_t mark_nsegs, mark_count;
@@ -132,6 +134,7 @@ struct sd_engine {
   int jobs_running;
   int closing;
   uint64_t trash_seq;
+  int lock_fd;                /* flock'd <data>/LOCK: one server per directory */
 };
 
 static void want_sync(struct sd_stream *s);
@@ -522,6 +525,54 @@ static void start_prealloc(struct sd_stream *s, struct partition *p) {
   SD_ASSERT(uv_queue_work(s->e->loop, &r->req, prealloc_work, prealloc_after) == 0);
 }
 
+/* ---- space reservation ahead of the writer ----------------------------------- */
+
+struct reserve_req {
+  uv_work_t req;
+  struct sd_stream *s;
+  struct sd_segment *seg;
+  uint32_t partition;
+  uint64_t from, to;
+  int rc;
+};
+
+static void reserve_work(uv_work_t *req) {
+  struct reserve_req *r = req->data;
+  r->rc = sd_segment_reserve_fd(r->seg->fd, r->from, r->to);
+}
+
+static void reserve_after(uv_work_t *req, int status) {
+  struct reserve_req *r = req->data;
+  struct sd_stream *s = r->s;
+  if (status == 0 && r->rc == 0 && r->seg->reserved >= r->from && r->seg->reserved < r->to) r->seg->reserved = r->to;
+  if (!s->deleted) s->parts[r->partition].reserving = 0;
+  s->e->jobs_running--;
+  sd_segment_unref(r->seg);
+  free(r);
+  sd_stream_unref(s);
+}
+
+/* Reserves the next chunk of the active segment on the thread pool once
+ * less than half a chunk is left, so appends rarely reserve inline. */
+static void maybe_reserve(struct sd_stream *s, struct partition *p) {
+  struct sd_segment *seg = p->segs[p->nsegs - 1];
+  uint64_t chunk = sd_segment_chunk(seg->size);
+  if (p->reserving || s->e->closing || seg->reserved >= seg->size || seg->reserved - seg->end >= chunk / 2) return;
+  struct reserve_req *r = calloc(1, sizeof(*r));
+  if (r == NULL) return;
+  r->s = s;
+  r->seg = seg;
+  r->partition = p->id;
+  r->from = seg->reserved;
+  r->to = seg->reserved + chunk < seg->size ? seg->reserved + chunk : seg->size;
+  r->req.data = r;
+  sd_stream_ref(s);
+  sd_segment_ref(seg);
+  p->reserving = 1;
+  s->e->jobs_running++;
+  SD_ASSERT(uv_queue_work(s->e->loop, &r->req, reserve_work, reserve_after) == 0);
+}
+
 /* ---- segments of a partition ----------------------------------------------- */
 
 static int push_segment(struct partition *p, struct sd_segment *seg) {
@@ -538,22 +589,36 @@ static int push_segment(struct partition *p, struct sd_segment *seg) {
 
 static inline struct sd_segment *active_seg(const struct partition *p) { return p->segs[p->nsegs - 1]; }
 
-/* Seals the active segment and starts a new one at next_offset. */
-static int roll(struct sd_stream *s, struct partition *p) {
+/* Seals the active segment and starts a new one at next_offset, of
+ * segment_bytes or, for a record larger than that, big enough for it. */
+static int roll(struct sd_stream *s, struct partition *p, uint64_t record_bytes) {
   struct sd_engine *e = s->e;
   struct sd_segment *seg = NULL;
   char pre[PATH_MAX];
   int rc;
+  uint64_t size = e->o.segment_bytes;
+  if (record_bytes + SD_SEG_HEADER_BYTES > size) size = (record_bytes + SD_SEG_HEADER_BYTES + 4095) & ~(uint64_t)4095;
   snprintf(pre, sizeof(pre), "%s/prealloc.tmp", p->dir);
-  if (p->prealloc == PREALLOC_READY) {
+  if (p->prealloc == PREALLOC_READY && size == e->o.segment_bytes) {
     p->prealloc = PREALLOC_NONE;
-    rc = sd_segment_create(p->dir, pre, p->id, p->next_offset, e->o.segment_bytes, &seg);
+    rc = sd_segment_create(p->dir, pre, p->id, p->next_offset, size, &seg);
     if (rc != 0) unlink(pre);
   } else {
     rc = -1;
   }
-  if (rc != 0) rc = sd_segment_create(p->dir, NULL, p->id, p->next_offset, e->o.segment_bytes, &seg);
+  if (rc != 0) rc = sd_segment_create(p->dir, NULL, p->id, p->next_offset, size, &seg);
   if (rc != 0) return rc;
+  struct sd_segment *act = active_seg(p);
+  if (act->count == 0) {
+    /* An empty active segment too small for the record was just replaced
+     * on disk (same base); it is dropped, never sealed. */
+    p->segs[p->nsegs - 1] = seg;
+    sd_segment_unref(act);
+    p->dir_dirty = 1;
+    want_sync(s);
+    start_prealloc(s, p);
+    return 0;
+  }
   if ((rc = push_segment(p, seg)) != 0) {
     sd_segment_unlink(seg);
     sd_segment_unref(seg);
@@ -775,8 +840,8 @@ int sd_engine_delete(struct sd_engine *e, const char *name) {
   struct sd_stream *s = sd_engine_find(e, name);
   char tname[PATH_MAX];
   if (s == NULL) return SD_E_STREAM_NOT_FOUND;
-  snprintf(tname, sizeof(tname), "%llu-%llu-%s", (unsigned long long)s->generation,
-           (unsigned long long)++e->trash_seq, s->name);
+  /* The name alone may already use the 255 bytes a file name can have. */
+  snprintf(tname, sizeof(tname), "%llu-%llu", (unsigned long long)s->generation, (unsigned long long)++e->trash_seq);
   char *tpath = path_join(e->trash_dir, tname);
   if (tpath == NULL) return -ENOMEM;
   /* The rename makes the deletion atomic; removal of the files follows off
@@ -936,7 +1001,7 @@ static void rollback_partition(struct partition *p) {
 int sd_stream_append(struct sd_stream *s, const struct sd_event_in *ev, size_t n, struct sd_append_result *res) {
   struct sd_engine *e = s->e;
   uint32_t np = s->cfg.partitions, ids_added = 0;
-  uint64_t seg_capacity = e->o.segment_bytes - SD_SEG_HEADER_BYTES;
+  uint64_t max_record = (uint64_t)e->o.max_event_bytes + 1024; /* plus offset, partition, timestamp, key, id */
   uint64_t now = sd_now_ms(), published = 0;
   char pre[64], post[40];
   int rc = 0;
@@ -946,7 +1011,9 @@ int sd_stream_append(struct sd_stream *s, const struct sd_event_in *ev, size_t n
   for (size_t i = 0; i < n; i++) {
     if (ev[i].partition >= (int32_t)np) return SD_E_INVALID_PARAMETER;
     if (ev[i].id_len > SD_MAX_ID) return SD_E_INVALID_EVENT;
-    if (sd_record_size(ev[i].id_len, ev[i].members_len + sizeof(pre) + sizeof(post)) > seg_capacity)
+    if (sd_record_size(ev[i].id_len, ev[i].members_len + sizeof(pre) + sizeof(post)) > max_record ||
+        sd_record_size(ev[i].id_len, ev[i].members_len + sizeof(pre) + sizeof(post)) + SD_SEG_HEADER_BYTES >
+            SD_SEG_MAX_BYTES)
       return SD_E_EVENT_TOO_LARGE;
   }
   dedup_expire(s, now);
@@ -975,7 +1042,13 @@ int sd_stream_append(struct sd_stream *s, const struct sd_event_in *ev, size_t n
     size_t jlen = (size_t)lp + x->members_len + (size_t)ls;
     uint64_t need = sd_record_size(x->id_len, jlen);
     if (need > sd_segment_room(active_seg(p))) {
-      if ((rc = roll(s, p)) != 0) goto rollback;
+      if ((rc = roll(s, p, need)) != 0) goto rollback;
+    }
+    struct sd_segment *act = active_seg(p);
+    if (act->end + need > act->reserved) {
+      /* The reservation ahead fell behind: reserve inline. */
+      uint64_t want = act->reserved + sd_segment_chunk(act->size);
+      if ((rc = sd_segment_reserve(act, want > act->end + need ? want : act->end + need)) != 0) goto rollback;
     }
     struct iovec iov[3] = {{pre, (size_t)lp}, {(void *)x->members, x->members_len}, {post, (size_t)ls}};
     if ((rc = sd_segment_append(active_seg(p), ts, x->id, x->id_len, iov, 3, jlen)) != 0) goto rollback;
@@ -997,6 +1070,7 @@ int sd_stream_append(struct sd_stream *s, const struct sd_event_in *ev, size_t n
     pt->touched = 0;
     pt->dirty = 1;
     if (visible_now) pt->visible_next = pt->next_offset;
+    maybe_reserve(s, pt);
   }
   s->total_published += published;
   s->write_seq++;
@@ -1207,7 +1281,7 @@ static void retention_partition(struct sd_stream *s, struct partition *p, uint64
   struct sd_segment *act = active_seg(p);
   if (cutoff && act->count > 0 && act->last_ts < cutoff && p->ro_reason == NULL &&
       p->visible_next == p->next_offset) {
-    int rc = roll(s, p);
+    int rc = roll(s, p, 0);
     if (rc != 0) SD_WARN("stream %s partition %u: roll for retention: %s", s->name, p->id, sd_strerror(rc));
   }
   while (p->nsegs > 1) {
@@ -1276,7 +1350,8 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
   struct dirent *de;
   while ((de = readdir(d)) != NULL) {
     const char *dot = strrchr(de->d_name, '.');
-    if (strcmp(de->d_name, "prealloc.tmp") == 0 || (dot && strcmp(dot, ".tmp") == 0)) {
+    if (dot && (strcmp(dot, ".tmp") == 0 || strcmp(dot, ".new") == 0)) {
+      /* unfinished: a reservation, a segment before its rename, an index */
       unlinkat(dirfd(d), de->d_name, 0);
       continue;
     }
@@ -1449,6 +1524,22 @@ static int load_meta(struct sd_engine *e) {
 
 /* ---- engine -------------------------------------------------------------------- */
 
+/* Takes <dir>/LOCK with flock: a second server on the same directory would
+ * interleave appends.  Returns the descriptor, or -EBUSY / -errno. */
+static int open_lock(const char *dir) {
+  char path[PATH_MAX];
+  snprintf(path, sizeof(path), "%s/LOCK", dir);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return -errno;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int rc = errno == EWOULDBLOCK ? -EBUSY : -errno;
+    if (rc == -EBUSY) SD_ERROR("data directory %s is in use by another streamd", dir);
+    close(fd);
+    return rc;
+  }
+  return fd;
+}
+
 int sd_engine_open(uv_loop_t *loop, const struct sd_engine_options *o, struct sd_engine **out) {
   int rc;
   if (o->segment_bytes < SD_SEG_MIN_BYTES || o->segment_bytes > SD_SEG_MAX_BYTES) return SD_E_INVALID_PARAMETER;
@@ -1473,6 +1564,11 @@ int sd_engine_open(uv_loop_t *loop, const struct sd_engine_options *o, struct sd
   if ((rc = sd_fs_mkdirs(e->data_dir)) != 0 || (rc = sd_fs_mkdirs(e->streams_dir)) != 0 ||
       (rc = sd_fs_mkdirs(e->trash_dir)) != 0)
     goto fail_engine;
+  e->lock_fd = open_lock(e->data_dir);
+  if (e->lock_fd < 0) {
+    rc = e->lock_fd;
+    goto fail_engine;
+  }
   if ((rc = sd_fs_remove_children(e->trash_dir)) != 0) SD_WARN("emptying %s: %s", e->trash_dir, sd_strerror(rc));
   if ((rc = load_meta(e)) != 0) goto fail_engine;
   if (uv_mutex_init(&e->meta_lock) != 0) {
@@ -1519,6 +1615,7 @@ fail_streams: {
 fail_mutex:
   uv_mutex_destroy(&e->meta_lock);
 fail_engine:
+  if (e->lock_fd > 0) close(e->lock_fd);
   json_decref(e->streams);
   free(e->streams_dir);
   free(e->trash_dir);
@@ -1566,6 +1663,7 @@ int sd_engine_close(struct sd_engine *e) {
   uv_run(e->loop, UV_RUN_NOWAIT);
   json_decref(e->streams);
   uv_mutex_destroy(&e->meta_lock);
+  close(e->lock_fd);
   free(e->streams_dir);
   free(e->trash_dir);
   free(e->data_dir);

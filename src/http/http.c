@@ -88,6 +88,7 @@ static void req_destroy(struct sd_req *r) {
   sd_buf_free(&r->scratch);
   free(r->events);
   free(r->results);
+  free(r->spans);
   free(r->last_read);
   if (r->wait_timer_init)
     uv_close((uv_handle_t *)&r->wait_timer, wait_timer_closed);
@@ -124,6 +125,7 @@ static void req_put(struct sd_http *h, struct sd_req *r) {
   r->nevents = 0;
   r->batch = 0;
   r->consumer[0] = '\0';
+  r->content_type = NULL;
   sd_list_push_back(&h->free_reqs, &r->node);
   h->nfree++;
 }
@@ -182,7 +184,9 @@ static void queue_response(struct sd_req *req) {
   struct MHD_Response *resp =
       MHD_create_response_from_buffer(req->out.len, req->out.len ? req->out.data : (void *)"", MHD_RESPMEM_PERSISTENT);
   if (resp == NULL) return; /* MHD closes the connection */
-  if (req->out.len) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+  if (req->out.len)
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            req->content_type ? req->content_type : "application/json");
   add_cors(req, resp);
   MHD_queue_response(req->conn, req->status, resp);
   MHD_destroy_response(resp);
@@ -248,6 +252,20 @@ const char *sd_req_arg(struct sd_req *req, const char *name) {
   return MHD_lookup_connection_value(req->conn, MHD_GET_ARGUMENT_KIND, name);
 }
 
+/* ---- connections -------------------------------------------------------- */
+
+/* A new connection gets header_timeout_s to send its first request; the
+ * first access-handler call gives it the longer idle timeout.  Clients
+ * that never complete a request line (garbage, slow or stalled) are cut
+ * early this way. */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+  struct sd_http *h = cls;
+  (void)socket_context;
+  if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->header_timeout_s);
+}
+
 /* ---- the access handler ------------------------------------------------- */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -263,6 +281,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     *con_cls = req;
     req->conn = c;
     req->method = method;
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->connection_timeout_s);
     size_t n = strlen(url);
     if (n >= sizeof(req->path)) {
       sd_req_error(req, SD_E_NOT_FOUND, "path too long", NULL);
@@ -386,8 +405,7 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
       MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
       (unsigned int)cfg->per_ip_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_CONNECTION_MEMORY_INCREMENT,
-      (size_t)4096, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024, MHD_OPTION_LISTENING_ADDRESS_REUSE,
-      (unsigned int)1, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_UNESCAPE_CALLBACK, unescape, h,
+      (size_t)4096, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024, MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_UNESCAPE_CALLBACK, unescape, h,
       MHD_OPTION_END);
   if (h->daemon == NULL) {
     rc = errno ? -errno : -EADDRINUSE;

@@ -21,6 +21,7 @@
 #include "streamd/engine.h"
 #include "streamd/http.h"
 #include "streamd/list.h"
+#include "jspan.h"
 
 struct sd_http {
   uv_loop_t *loop;
@@ -58,6 +59,7 @@ struct sd_req {
   struct sd_buf out;          /* response body */
   struct sd_buf scratch;      /* encoded event members */
   unsigned status;            /* of the pending response */
+  const char *content_type;   /* static string; NULL: application/json */
   struct sd_stream *stream;   /* referenced while suspended */
   struct sd_durable_op dop;
   struct sd_waiter waiter;
@@ -72,6 +74,7 @@ struct sd_req {
   /* publish state */
   struct sd_event_in *events;
   struct sd_append_result *results;
+  struct sd_span *spans;      /* each event's object as received */
   size_t nevents, events_cap;
   int batch;
   json_t *json;               /* parsed body, owned */

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "http_internal.h"
+#include "jspan.h"
 #include "streamd/err.h"
 #include "streamd/log.h"
 
@@ -28,6 +29,7 @@ enum route {
   R_CONSUMERS,
   R_PUBLISH,
   R_CONSUME,
+  R_METRICS,
 };
 
 #define MAX_LIMIT 10000
@@ -121,7 +123,7 @@ static uint32_t json_depth(const char *p, size_t n) {
 
 /* Parses req->body into req->json; answers 400 and returns -1 on failure.
  * An empty body gives req->json NULL and 0 when allow_empty. */
-static int parse_body(struct sd_req *req, int allow_empty) {
+static int parse_body(struct sd_req *req, int allow_empty, size_t flags) {
   const struct sd_config *cfg = req->h->cfg;
   json_error_t jerr;
   size_t n = req->body.len;
@@ -138,7 +140,7 @@ static int parse_body(struct sd_req *req, int allow_empty) {
     sd_req_error(req, SD_E_INVALID_JSON, msg, NULL);
     return -1;
   }
-  req->json = json_loadb(p, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &jerr);
+  req->json = json_loadb(p, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | flags, &jerr);
   if (req->json == NULL) {
     char msg[320];
     snprintf(msg, sizeof(msg), "malformed JSON at line %d, column %d: %s", jerr.line, jerr.column, jerr.text);
@@ -148,33 +150,9 @@ static int parse_body(struct sd_req *req, int allow_empty) {
   return 0;
 }
 
-/* 1 when every real number in v prints back exactly with 15 digits. */
-static int reals_fit15(const json_t *v) {
-  size_t i;
-  const char *k;
-  json_t *x;
-  switch (json_typeof(v)) {
-  case JSON_REAL: {
-    char buf[32];
-    snprintf(buf, sizeof(buf), "%.15g", json_real_value(v));
-    return strtod(buf, NULL) == json_real_value(v);
-  }
-  case JSON_ARRAY:
-    json_array_foreach(v, i, x) if (!reals_fit15(x)) return 0;
-    return 1;
-  case JSON_OBJECT:
-    json_object_foreach((json_t *)v, k, x) if (!reals_fit15(x)) return 0;
-    return 1;
-  default:
-    return 1;
-  }
-}
-
-/* Appends the compact JSON text of v to b.  Real numbers get the fewest
- * digits that still read back as the same double (15, else 17), so 1.1
- * stays 1.1. */
+/* Appends the compact JSON text of v (strings and objects of strings here) to b. */
 static int dump_json(struct sd_buf *b, const json_t *v) {
-  size_t flags = JSON_ENCODE_ANY | JSON_COMPACT | JSON_REAL_PRECISION(reals_fit15(v) ? 15 : 17);
+  size_t flags = JSON_ENCODE_ANY | JSON_COMPACT;
   for (;;) {
     size_t room = b->cap - b->len;
     size_t n = json_dumpb(v, room ? b->data + b->len : NULL, room, flags);
@@ -239,8 +217,8 @@ int sd_routes_match(struct sd_req *req) {
     req->route = R_OPTIONS;
     return 0;
   }
-  if (n == 1 && is(v[0], "health")) {
-    route = R_HEALTH;
+  if (n == 1 && (is(v[0], "health") || is(v[0], "metrics"))) {
+    route = is(v[0], "health") ? R_HEALTH : R_METRICS;
     allowed = is(m, "GET") || is(m, "HEAD");
   } else if (n >= 2 && is(v[0], "stream")) {
     if (n == 2 && is(v[1], "list") && (is(m, "GET") || is(m, "HEAD"))) {
@@ -360,7 +338,7 @@ static void handle_stream(struct sd_req *req) {
     sd_req_finish(req, 200);
     return;
   }
-  if (parse_body(req, 1) != 0 || parse_stream_config(req, &cfg, &given) != 0) return;
+  if (parse_body(req, 1, 0) != 0 || parse_stream_config(req, &cfg, &given) != 0) return;
   int put = is(req->method, "PUT");
   if (put && (s = sd_engine_find(e, name)) != NULL) {
     const struct sd_stream_config *have = sd_stream_config(s);
@@ -528,6 +506,9 @@ static int events_reserve(struct sd_req *req, size_t n) {
   struct sd_append_result *r = realloc(req->results, cap * sizeof(*r));
   if (r == NULL) return -ENOMEM;
   req->results = r;
+  struct sd_span *sp = realloc(req->spans, cap * sizeof(*sp));
+  if (sp == NULL) return -ENOMEM;
+  req->spans = sp;
   req->events_cap = cap;
   return 0;
 }
@@ -535,7 +516,7 @@ static int events_reserve(struct sd_req *req, size_t n) {
 /* Validates one event object and appends its members to req->scratch.
  * Pointers into scratch are fixed up once every event is encoded, since
  * scratch may move while it grows.  Answers 400/413 and returns -1. */
-static int encode_event(struct sd_req *req, json_t *o, size_t idx, int batch, size_t raw_len,
+static int encode_event(struct sd_req *req, json_t *o, size_t idx, int batch, struct sd_span raw,
                         struct sd_event_in *ev) {
   const struct sd_config *cfg = req->h->cfg;
   char where[48] = "";
@@ -568,8 +549,9 @@ static int encode_event(struct sd_req *req, json_t *o, size_t idx, int batch, si
               where, MAX_KEY_BYTES);
     return -1;
   }
-  if (part && (!json_is_integer(part) || json_integer_value(part) < 0 ||
-               json_integer_value(part) >= SD_MAX_PARTITIONS)) {
+  /* Numbers were read as reals (so that any integer in data is accepted). */
+  double pv = part && json_is_number(part) ? json_number_value(part) : -1;
+  if (part && (pv < 0 || pv >= SD_MAX_PARTITIONS || pv != (double)(int32_t)pv)) {
     bad_field(req, SD_E_INVALID_EVENT, "partition", "%sfield 'partition' must be a partition number", where);
     return -1;
   }
@@ -593,12 +575,15 @@ static int encode_event(struct sd_req *req, json_t *o, size_t idx, int batch, si
   if (rc == 0 && key) rc = SD_BUF_LIT(b, ",\"key\":") ?: dump_json(b, key);
   if (rc == 0 && headers) rc = SD_BUF_LIT(b, ",\"headers\":") ?: dump_json(b, headers);
   if (rc == 0 && id) rc = SD_BUF_LIT(b, ",\"id\":") ?: dump_json(b, id);
-  if (rc == 0) rc = SD_BUF_LIT(b, ",\"data\":") ?: dump_json(b, data);
+  /* data is kept byte for byte as received. */
+  struct sd_span dspan;
+  if (rc == 0) rc = SD_BUF_LIT(b, ",\"data\":");
+  if (rc == 0) rc = sd_jspan_member(raw, "data", &dspan) ? sd_buf_append(b, dspan.p, dspan.len) : -EINVAL;
   if (rc != 0) {
     sd_req_error(req, rc, NULL, NULL);
     return -1;
   }
-  size_t size = raw_len ? raw_len : b->len - start + 2;
+  size_t size = raw.len;
   if (size > cfg->engine.max_event_bytes) {
     char extra[64];
     snprintf(extra, sizeof(extra), "\"max_event_bytes\":%u", cfg->engine.max_event_bytes);
@@ -614,7 +599,7 @@ static int encode_event(struct sd_req *req, json_t *o, size_t idx, int batch, si
   ev->key_len = key ? json_string_length(key) : 0;
   ev->id = id ? json_string_value(id) : NULL;
   ev->id_len = id ? json_string_length(id) : 0;
-  ev->partition = part ? (int32_t)json_integer_value(part) : -1;
+  ev->partition = part ? (int32_t)pv : -1;
   return 0;
 }
 
@@ -656,12 +641,16 @@ static void handle_publish(struct sd_req *req) {
   json_t *list = NULL;
   int rc;
 
-  if (parse_body(req, 0) != 0) return;
+  if (parse_body(req, 0, JSON_DECODE_INT_AS_REAL) != 0) return;
+  struct sd_span body = {sd_jspan_ws(req->body.data, req->body.data + req->body.len), 0};
+  body.len = (size_t)(req->body.data + req->body.len - body.p);
+  struct sd_span list_span = body;
   if (json_is_array(req->json)) {
     list = req->json;
   } else if (json_is_object(req->json) && json_object_get(req->json, "event") == NULL &&
              json_is_array(json_object_get(req->json, "events"))) {
     list = json_object_get(req->json, "events");
+    sd_jspan_member(body, "events", &list_span);
   } else if (!json_is_object(req->json)) {
     sd_req_error(req, SD_E_INVALID_EVENT, "the body must be an event object, an array of events or {\"events\":[...]}",
                  NULL);
@@ -683,10 +672,16 @@ static void handle_publish(struct sd_req *req) {
     sd_req_error(req, rc, NULL, NULL);
     return;
   }
+  if (list == NULL)
+    req->spans[0] = body;
+  else if (sd_jspan_elements(list_span, req->spans, n) != n) {
+    sd_req_error(req, SD_E_INVALID_JSON, "the batch could not be split into events", NULL);
+    return;
+  }
   sd_buf_reset(&req->scratch);
   for (size_t i = 0; i < n; i++) {
     json_t *o = list ? json_array_get(list, i) : req->json;
-    if (encode_event(req, o, i, list != NULL, list ? 0 : req->body.len, &req->events[i]) != 0) return;
+    if (encode_event(req, o, i, list != NULL, req->spans[i], &req->events[i]) != 0) return;
   }
   for (size_t i = 0; i < n; i++) req->events[i].members = req->scratch.data + (uintptr_t)req->events[i].members;
   req->nevents = n;
@@ -902,6 +897,74 @@ void sd_routes_wake(struct sd_req *req) {
   consume_run(req, 1);
 }
 
+/* ---- metrics -------------------------------------------------------------------- */
+
+static void metrics_stream(void *arg, struct sd_stream *s) {
+  struct sd_req *req = arg;
+  struct sd_buf *b = &req->out;
+  struct sd_stream_stat st;
+  const char *name = sd_stream_name(s); /* names hold no character that needs escaping in a label */
+  sd_stream_stat(s, &st);
+  sd_buf_printf(b, "streamd_stream_published_events_total{stream=\"%s\"} %llu\n", name,
+                (unsigned long long)st.total_published);
+  sd_buf_printf(b, "streamd_stream_consumed_events_total{stream=\"%s\"} %llu\n", name,
+                (unsigned long long)st.total_consumed);
+  sd_buf_printf(b, "streamd_stream_subscribers{stream=\"%s\"} %u\n", name, st.subscribers);
+  for (uint32_t p = 0; p < sd_stream_config(s)->partitions; p++) {
+    struct sd_partition_stat ps;
+    sd_stream_partition_stat(s, p, &ps);
+    sd_buf_printf(b, "streamd_partition_events{stream=\"%s\",partition=\"%u\"} %llu\n", name, p,
+                  (unsigned long long)(ps.next_offset - ps.min_offset));
+    sd_buf_printf(b, "streamd_partition_bytes{stream=\"%s\",partition=\"%u\"} %llu\n", name, p,
+                  (unsigned long long)ps.bytes);
+    sd_buf_printf(b, "streamd_partition_min_offset{stream=\"%s\",partition=\"%u\"} %llu\n", name, p,
+                  (unsigned long long)ps.min_offset);
+    sd_buf_printf(b, "streamd_partition_max_offset{stream=\"%s\",partition=\"%u\"} %lld\n", name, p,
+                  (long long)ps.next_offset - 1);
+    sd_buf_printf(b, "streamd_partition_read_only{stream=\"%s\",partition=\"%u\"} %d\n", name, p, ps.read_only);
+  }
+}
+
+/* Prometheus text exposition format, version 0.0.4. */
+static void handle_metrics(struct sd_req *req) {
+  struct sd_buf *b = &req->out;
+  sd_buf_reset(b);
+  sd_buf_printf(b,
+                "# HELP streamd_uptime_seconds Seconds since the server started.\n"
+                "# TYPE streamd_uptime_seconds gauge\n"
+                "streamd_uptime_seconds %llu\n"
+                "# HELP streamd_streams Streams that exist.\n"
+                "# TYPE streamd_streams gauge\n"
+                "streamd_streams %zu\n"
+                "# HELP streamd_http_requests_in_flight Requests received and not yet answered.\n"
+                "# TYPE streamd_http_requests_in_flight gauge\n"
+                "streamd_http_requests_in_flight %zu\n"
+                "# HELP streamd_http_requests_waiting Long polls and publishes waiting for a sync.\n"
+                "# TYPE streamd_http_requests_waiting gauge\n"
+                "streamd_http_requests_waiting %zu\n",
+                (unsigned long long)((sd_now_ms() - req->h->started_ms) / 1000),
+                sd_engine_stream_count(req->h->engine), req->h->in_flight, req->h->waiting);
+  sd_buf_printf(b, "# HELP streamd_stream_published_events_total Events appended since start-up.\n"
+                   "# TYPE streamd_stream_published_events_total counter\n"
+                   "# HELP streamd_stream_consumed_events_total Events returned to readers since start-up.\n"
+                   "# TYPE streamd_stream_consumed_events_total counter\n"
+                   "# HELP streamd_stream_subscribers WebSocket subscribers.\n"
+                   "# TYPE streamd_stream_subscribers gauge\n"
+                   "# HELP streamd_partition_events Events held.\n"
+                   "# TYPE streamd_partition_events gauge\n"
+                   "# HELP streamd_partition_bytes Record bytes held on disk.\n"
+                   "# TYPE streamd_partition_bytes gauge\n"
+                   "# HELP streamd_partition_min_offset First readable offset.\n"
+                   "# TYPE streamd_partition_min_offset gauge\n"
+                   "# HELP streamd_partition_max_offset Last offset, -1 when empty.\n"
+                   "# TYPE streamd_partition_max_offset gauge\n"
+                   "# HELP streamd_partition_read_only 1 when a failed sync stopped writes.\n"
+                   "# TYPE streamd_partition_read_only gauge\n");
+  sd_engine_foreach(req->h->engine, metrics_stream, req);
+  req->content_type = "text/plain; version=0.0.4; charset=utf-8";
+  sd_req_finish(req, 200);
+}
+
 /* ---- dispatch -------------------------------------------------------------------- */
 
 void sd_routes_dispatch(struct sd_req *req) {
@@ -919,6 +982,9 @@ void sd_routes_dispatch(struct sd_req *req) {
     return;
   case R_LIST:
     handle_list(req);
+    return;
+  case R_METRICS:
+    handle_metrics(req);
     return;
   case R_STREAM:
     handle_stream(req);

@@ -146,14 +146,12 @@ static int map_segment(struct sd_segment *seg) {
   return 0;
 }
 
-/* Makes bytes [from, to) of fd read as zeros and stay allocated. */
+/* Makes bytes [from, to) of fd read as zeros, releasing their blocks
+ * (space is reserved again chunk by chunk as records arrive). */
 static int zero_range(int fd, uint64_t from, uint64_t to) {
   if (to <= from) return 0;
+  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from, (off_t)(to - from)) == 0) return 0;
   if (fallocate(fd, FALLOC_FL_ZERO_RANGE, (off_t)from, (off_t)(to - from)) == 0) return 0;
-  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from, (off_t)(to - from)) == 0) {
-    int rc = posix_fallocate(fd, (off_t)from, (off_t)(to - from));
-    return rc == 0 ? 0 : -rc;
-  }
   static const char zeros[4096];
   for (uint64_t p = from; p < to;) {
     size_t n = to - p < sizeof(zeros) ? (size_t)(to - p) : sizeof(zeros);
@@ -167,15 +165,48 @@ static int zero_range(int fd, uint64_t from, uint64_t to) {
   return 0;
 }
 
+/* Writes zeros over [from, to), keeping the blocks allocated. */
+static int zero_range_inplace(int fd, uint64_t from, uint64_t to) {
+  static const char zeros[4096];
+  for (uint64_t p = from; p < to;) {
+    size_t n = to - p < sizeof(zeros) ? (size_t)(to - p) : sizeof(zeros);
+    ssize_t w = pwrite(fd, zeros, n, (off_t)p);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    p += (uint64_t)w;
+  }
+  return 0;
+}
+
+uint64_t sd_segment_chunk(uint64_t size) { return size < SD_SEG_RESERVE_CHUNK ? size : SD_SEG_RESERVE_CHUNK; }
+
+int sd_segment_reserve_fd(int fd, uint64_t from, uint64_t to) {
+  if (to <= from) return 0;
+  int e = posix_fallocate(fd, (off_t)from, (off_t)(to - from));
+  return e == 0 ? 0 : -e;
+}
+
+int sd_segment_reserve(struct sd_segment *seg, uint64_t upto) {
+  if (upto > seg->size) upto = seg->size;
+  if (upto <= seg->reserved) return 0;
+  int rc = sd_segment_reserve_fd(seg->fd, seg->reserved, upto);
+  if (rc == 0) seg->reserved = upto;
+  return rc;
+}
+
+/* Sizes a new segment file: `size` bytes long, the first chunk reserved. */
+static int size_new_file(int fd, uint64_t size) {
+  if (ftruncate(fd, (off_t)size) != 0) return -errno;
+  return sd_segment_reserve_fd(fd, 0, sd_segment_chunk(size));
+}
+
 int sd_segment_preallocate(const char *path, uint64_t size) {
   int rc = 0;
   int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return -errno;
-  int e = posix_fallocate(fd, 0, (off_t)size);
-  if (e != 0) {
-    rc = -e;
-    goto fail_close;
-  }
+  if ((rc = size_new_file(fd, size)) != 0) goto fail_close;
   if (fdatasync(fd) != 0) {
     rc = -errno;
     goto fail_close;
@@ -190,7 +221,7 @@ fail_close:
 
 int sd_segment_create(const char *dir, const char *prealloc, uint32_t partition, uint64_t base, uint64_t size,
                       struct sd_segment **out) {
-  char path[PATH_MAX];
+  char path[PATH_MAX], tmp[PATH_MAX];
   char hdr[SD_SEG_HEADER_BYTES];
   int rc;
   sd_segment_path(path, sizeof(path), dir, base, "seg");
@@ -198,27 +229,23 @@ int sd_segment_create(const char *dir, const char *prealloc, uint32_t partition,
   if (seg == NULL) return -ENOMEM;
   seg->size = size;
   seg->end = SD_SEG_HEADER_BYTES;
+  seg->reserved = sd_segment_chunk(size);
 
+  /* The file is complete (sized, header written) before it is renamed into
+   * place, so a segment file never exists half-made under its real name,
+   * and an empty segment with the same base is replaced atomically. */
   if (prealloc != NULL) {
-    if (rename(prealloc, path) != 0) {
-      rc = -errno;
-      goto fail_seg;
-    }
-    seg->fd = open(path, O_RDWR | O_CLOEXEC);
+    snprintf(tmp, sizeof(tmp), "%s", prealloc);
+    seg->fd = open(tmp, O_RDWR | O_CLOEXEC);
   } else {
-    seg->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    snprintf(tmp, sizeof(tmp), "%s.new", path);
+    seg->fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   }
   if (seg->fd < 0) {
     rc = -errno;
     goto fail_seg;
   }
-  if (prealloc == NULL) {
-    int e = posix_fallocate(seg->fd, 0, (off_t)size);
-    if (e != 0) {
-      rc = -e;
-      goto fail_file;
-    }
-  }
+  if (prealloc == NULL && (rc = size_new_file(seg->fd, size)) != 0) goto fail_file;
   memset(hdr, 0, sizeof(hdr));
   memcpy(hdr, SEG_MAGIC, 8);
   put32(hdr + 8, 1);
@@ -230,14 +257,19 @@ int sd_segment_create(const char *dir, const char *prealloc, uint32_t partition,
     rc = errno ? -errno : -EIO;
     goto fail_file;
   }
-  if ((rc = map_segment(seg)) != 0) goto fail_file;
+  if (rename(tmp, path) != 0) {
+    rc = -errno;
+    goto fail_file;
+  }
+  if ((rc = map_segment(seg)) != 0) goto fail_renamed;
   *out = seg;
   return 0;
 
+fail_renamed:
+  snprintf(tmp, sizeof(tmp), "%s", path);
 fail_file:
   close(seg->fd);
-  seg->fd = -1;
-  unlink(path);
+  unlink(tmp);
 fail_seg:
   free(seg->path);
   free(seg);
@@ -325,8 +357,13 @@ int sd_segment_open(const char *path, uint32_t partition, uint64_t base, int las
     }
     if (last || rep->cut_bytes) {
       /* Zero the whole unused tail: stale records past a cut must never
-       * line up with later appends. */
-      if ((rc = zero_range(seg->fd, end, seg->size)) != 0) goto fail_map;
+       * line up with later appends.  Whole pages are released; the page
+       * holding `end` is zeroed in place. */
+      uint64_t page = (end + 4095) & ~(uint64_t)4095;
+      if (page > seg->size) page = seg->size;
+      if ((rc = zero_range_inplace(seg->fd, end, page)) != 0 || (rc = zero_range(seg->fd, page, seg->size)) != 0)
+        goto fail_map;
+      seg->reserved = page;
       if (fdatasync(seg->fd) != 0) {
         rc = -errno;
         goto fail_map;
@@ -407,7 +444,7 @@ int sd_segment_append(struct sd_segment *seg, uint64_t timestamp_ms, const char 
 int sd_segment_truncate(struct sd_segment *seg, uint32_t i) {
   if (i >= seg->count) return 0;
   uint64_t from = seg->pos[i];
-  int rc = zero_range(seg->fd, from, seg->end);
+  int rc = zero_range_inplace(seg->fd, from, seg->end);
   seg->count = i;
   seg->end = from;
   seg->last_ts = i ? get64(seg->map + seg->pos[i - 1] + 16) : 0;

@@ -21,6 +21,10 @@
 #define SD_REC_HEADER_BYTES 32u
 #define SD_SEG_MIN_BYTES 4096u
 #define SD_SEG_MAX_BYTES (1024u * 1024u * 1024u)
+/* Disk space is reserved ahead of the writer in chunks of this size, so a
+ * full disk shows as a clean ENOSPC before any record is written, and a
+ * partition costs disk in proportion to its data, not to segment_bytes. */
+#define SD_SEG_RESERVE_CHUNK (1024u * 1024u)
 
 struct sd_segment {
   uint64_t base;       /* offset of the first record */
@@ -28,6 +32,7 @@ struct sd_segment {
   uint32_t partition;
   uint64_t size;       /* file and mapping length */
   uint64_t end;        /* bytes used: header plus records */
+  uint64_t reserved;   /* bytes [0, reserved) have disk blocks (posix_fallocate) */
   uint64_t first_ts;   /* timestamp of the first record (0 when empty) */
   uint64_t last_ts;    /* timestamp of the last record */
   int fd;
@@ -60,9 +65,21 @@ static inline uint64_t sd_record_size(size_t id_len, size_t json_len) {
 int sd_segment_create(const char *dir, const char *prealloc, uint32_t partition, uint64_t base, uint64_t size,
                       struct sd_segment **out);
 
-/* Reserves a file of `size` bytes at path (create, posix_fallocate, fsync).
- * Blocking: for the thread pool.  Errors: -errno. */
+/* Prepares a file of `size` bytes at path for a future segment (create,
+ * size, reserve the first chunk, fsync).  Blocking: for the thread pool.
+ * Errors: -errno. */
 int sd_segment_preallocate(const char *path, uint64_t size);
+
+/* The reservation chunk for a segment of `size` bytes. */
+uint64_t sd_segment_chunk(uint64_t size);
+
+/* Reserves disk blocks for bytes [from, to) of fd with posix_fallocate.
+ * Blocking, safe on any thread.  0 or -errno (-ENOSPC). */
+int sd_segment_reserve_fd(int fd, uint64_t from, uint64_t to);
+
+/* Makes sure bytes [0, upto) of the segment have blocks (upto is capped
+ * at the file size), updating seg->reserved.  Blocking.  0 or -errno. */
+int sd_segment_reserve(struct sd_segment *seg, uint64_t upto);
 
 /* Opens an existing segment.  `last` says it is the partition's newest
  * (its tail may be torn: every record's checksum is checked and the file is
