@@ -181,7 +181,8 @@ struct sd_durable_op {
  * partition and offset.  Returns 0 when every event is durable enough for
  * the mode to answer now, SD_PENDING when the caller must wait
  * (sd_stream_when_durable), or an error with nothing appended:
- * SD_E_INVALID_PARAMETER (partition out of range), SD_E_EVENT_TOO_LARGE,
+ * SD_E_INVALID_PARAMETER (partition out of range, id length 0 or over
+ * SD_MAX_ID), SD_E_EVENT_TOO_LARGE,
  * SD_E_READ_ONLY, SD_E_STREAM_DELETED, -ENOSPC, -EIO, -ENOMEM. */
 #define SD_PENDING 1
 int sd_stream_append(struct sd_stream *s, const struct sd_event_in *ev, size_t n, struct sd_append_result *res);

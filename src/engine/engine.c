@@ -78,6 +78,7 @@ struct sync_job {
   uint64_t target_seq;
   struct sd_segment **segs;
   int *seg_err;
+  uint8_t *seg_sealed;   /* sealed when the job started: only then is it complete */
   uint32_t nsegs, cap;
   uint64_t *ends;        /* per partition: next_offset when the job started */
   char **dirs;           /* directories to fsync (owned by stream/engine) */
@@ -103,6 +104,8 @@ struct sd_stream {
   int refs;
   int deleted;
   uint64_t write_seq, synced_seq;
+  uint64_t failed_seq;        /* ops up to this seq fail: appended before a failed sync was seen */
+  int failed_err;
   struct sd_list durable_ops;
   struct sd_list waiters;
   struct sync_job job;
@@ -271,11 +274,15 @@ static int job_add_seg(struct sync_job *j, struct sd_segment *seg) {
     int *ne = realloc(j->seg_err, cap * sizeof(*ne));
     if (ne == NULL) return -ENOMEM;
     j->seg_err = ne;
+    uint8_t *nsl = realloc(j->seg_sealed, cap);
+    if (nsl == NULL) return -ENOMEM;
+    j->seg_sealed = nsl;
     j->cap = cap;
   }
   sd_segment_ref(seg);
   seg->in_job = 1;
   j->seg_err[j->nsegs] = 0;
+  j->seg_sealed[j->nsegs] = (uint8_t)seg->sealed;
   j->segs[j->nsegs++] = seg;
   return 0;
 }
@@ -305,7 +312,7 @@ static void sync_work(uv_work_t *req) {
       j->seg_err[i] = -errno;
       continue;
     }
-    if (seg->sealed) {
+    if (j->seg_sealed[i]) {
       int rc = sd_segment_write_index(seg);
       if (rc != 0) SD_WARN("index for %s not written: %s (a scan will rebuild it)", seg->path, sd_strerror(rc));
     }
@@ -343,7 +350,7 @@ static void sync_after(uv_work_t *req, int status) {
       failed = j->seg_err[i];
       if (!s->deleted && seg->partition < s->cfg.partitions)
         set_read_only(s, &s->parts[seg->partition], "fdatasync", j->seg_err[i]);
-    } else if (seg->sealed) {
+    } else if (j->seg_sealed[i]) {
       seg->synced = 1;
     }
   }
@@ -371,11 +378,16 @@ static void sync_after(uv_work_t *req, int status) {
   s->job_running = 0;
   e->jobs_running--;
 
+  if (failed != 0) {
+    /* Everything appended so far may sit behind the lost bytes: none of it
+     * may be acknowledged, even if a later sync succeeds. */
+    s->failed_seq = s->write_seq;
+    s->failed_err = failed;
+  }
+  if (s->failed_seq) complete_ops(s, s->failed_seq, s->failed_err);
   if (failed == 0) {
     s->synced_seq = j->target_seq;
     complete_ops(s, j->target_seq, s->deleted ? SD_E_STREAM_DELETED : 0);
-  } else {
-    complete_ops(s, j->target_seq, failed);
   }
   if (advanced) wake_waiters(s, 0);
   if (!s->deleted && (s->sync_wanted || !sd_list_empty(&s->durable_ops))) want_sync(s);
@@ -674,6 +686,7 @@ static void stream_free(struct sd_stream *s) {
   free(s->parts);
   free(s->job.segs);
   free(s->job.seg_err);
+  free(s->job.seg_sealed);
   free(s->job.ends);
   free(s->job.dirs);
   free(s->job.dir_err);
@@ -1009,8 +1022,8 @@ int sd_stream_append(struct sd_stream *s, const struct sd_event_in *ev, size_t n
   if (s->deleted) return SD_E_STREAM_DELETED;
   if (e->closing) return SD_E_SHUTTING_DOWN;
   for (size_t i = 0; i < n; i++) {
-    if (ev[i].partition >= (int32_t)np) return SD_E_INVALID_PARAMETER;
-    if (ev[i].id_len > SD_MAX_ID) return SD_E_INVALID_EVENT;
+    if (ev[i].partition >= (int32_t)np || ev[i].partition < -1) return SD_E_INVALID_PARAMETER;
+    if (ev[i].id && (ev[i].id_len == 0 || ev[i].id_len > SD_MAX_ID)) return SD_E_INVALID_PARAMETER;
     if (sd_record_size(ev[i].id_len, ev[i].members_len + sizeof(pre) + sizeof(post)) > max_record ||
         sd_record_size(ev[i].id_len, ev[i].members_len + sizeof(pre) + sizeof(post)) + SD_SEG_HEADER_BYTES >
             SD_SEG_MAX_BYTES)
@@ -1275,7 +1288,8 @@ static void unlink_after(uv_work_t *req, int status) {
 
 static void retention_partition(struct sd_stream *s, struct partition *p, uint64_t now) {
   const struct sd_stream_config *c = &s->cfg;
-  uint64_t cutoff = c->retention_hours ? now - c->retention_hours * 3600000u : 0;
+  uint64_t age = c->retention_hours * 3600000u;
+  uint64_t cutoff = c->retention_hours && now > age ? now - age : 0;
   /* An idle active segment whose every event is past the age limit is
    * sealed so that the next pass can remove it. */
   struct sd_segment *act = active_seg(p);
@@ -1401,7 +1415,10 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
       sd_segment_unref(seg);
       goto out;
     }
-    seg->synced = seg->sealed;
+    /* A sealed segment found without a valid index is synced again by the
+     * first job, which writes its index. */
+    seg->synced = seg->sealed && rep.used_index;
+    if (seg->sealed && !seg->synced) p->dirty = 1;
     if ((rc = push_segment(p, seg)) != 0) {
       sd_segment_unref(seg);
       goto out;
@@ -1498,7 +1515,10 @@ static int load_stream(struct sd_engine *e, const char *name) {
     return rc;
   }
   if (s->generation >= e->next_generation) e->next_generation = s->generation + 1;
-  for (uint32_t p = 0; p < cfg.partitions; p++) start_prealloc(s, &s->parts[p]);
+  for (uint32_t p = 0; p < cfg.partitions; p++) {
+    start_prealloc(s, &s->parts[p]);
+    if (s->parts[p].dirty || s->parts[p].dir_dirty) want_sync(s);
+  }
   return 0;
 }
 
@@ -1576,10 +1596,12 @@ int sd_engine_open(uv_loop_t *loop, const struct sd_engine_options *o, struct sd
     goto fail_engine;
   }
 
+  uv_idle_init(loop, &e->idle);
+  e->idle.data = e;
   DIR *d = opendir(e->streams_dir);
   if (d == NULL) {
     rc = -errno;
-    goto fail_mutex;
+    goto fail_streams;
   }
   struct dirent *de;
   size_t loaded = 0;
@@ -1594,8 +1616,6 @@ int sd_engine_open(uv_loop_t *loop, const struct sd_engine_options *o, struct sd
   closedir(d);
   e->meta_gen_wanted = e->meta_gen_written = e->next_generation;
 
-  uv_idle_init(loop, &e->idle);
-  e->idle.data = e;
   uv_timer_init(loop, &e->retention_timer);
   e->retention_timer.data = e;
   uv_timer_start(&e->retention_timer, on_retention, o->retention_check_ms, o->retention_check_ms);
@@ -1608,9 +1628,19 @@ int sd_engine_open(uv_loop_t *loop, const struct sd_engine_options *o, struct sd
   return 0;
 
 fail_streams: {
+  /* Jobs started for the streams loaded so far must end before they go. */
+  e->closing = 1;
+  while (e->jobs_running > 0) uv_run(loop, UV_RUN_ONCE);
+  while (!sd_list_empty(&e->sync_list)) {
+    struct sd_stream *s = SD_CONTAINER_OF(e->sync_list.next, struct sd_stream, sync_node);
+    sd_list_remove(&s->sync_node);
+    sd_stream_unref(s);
+  }
   const char *key;
   json_t *v;
   json_object_foreach(e->streams, key, v) stream_free((struct sd_stream *)(uintptr_t)json_integer_value(v));
+  uv_close((uv_handle_t *)&e->idle, NULL);
+  uv_run(loop, UV_RUN_NOWAIT);
 }
 fail_mutex:
   uv_mutex_destroy(&e->meta_lock);

@@ -254,10 +254,10 @@ const char *sd_req_arg(struct sd_req *req, const char *name) {
 
 /* ---- connections -------------------------------------------------------- */
 
-/* A new connection gets header_timeout_s to send its first request; the
- * first access-handler call gives it the longer idle timeout.  Clients
- * that never complete a request line (garbage, slow or stalled) are cut
- * early this way. */
+/* A new connection gets header_timeout_s to send a complete first request
+ * (headers and body); once one is complete the longer idle timeout
+ * applies.  Clients that never finish a request (garbage, stalled, or gone
+ * with a half-sent body that MHD does not always notice) are cut early. */
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
   struct sd_http *h = cls;
@@ -281,7 +281,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     *con_cls = req;
     req->conn = c;
     req->method = method;
-    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->connection_timeout_s);
     size_t n = strlen(url);
     if (n >= sizeof(req->path)) {
       sd_req_error(req, SD_E_NOT_FOUND, "path too long", NULL);
@@ -323,6 +322,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return MHD_YES;
   }
   if (req->suspended) return MHD_YES;
+  /* The request is complete: from now on the idle timeout applies. */
+  MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->connection_timeout_s);
   sd_routes_dispatch(req);
   return MHD_YES;
 }

@@ -347,7 +347,7 @@ int sd_segment_open(const char *path, uint32_t partition, uint64_t base, int las
     /* Anything non-zero past the valid prefix is a torn or damaged tail. */
     for (uint64_t p = end; p < seg->size; p += 8) {
       uint64_t w = 0;
-      memcpy(&w, seg->map + p, seg->size - p >= 8 ? 8 : 1);
+      memcpy(&w, seg->map + p, seg->size - p >= 8 ? 8 : (size_t)(seg->size - p));
       if (w != 0) {
         rep->cut_bytes = seg->size - end;
         rep->damaged = !last;
