@@ -1642,7 +1642,6 @@ fail_streams: {
   uv_close((uv_handle_t *)&e->idle, NULL);
   uv_run(loop, UV_RUN_NOWAIT);
 }
-fail_mutex:
   uv_mutex_destroy(&e->meta_lock);
 fail_engine:
   if (e->lock_fd > 0) close(e->lock_fd);
