@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages streamd needs to build and test, when missing.
 set -euo pipefail
 PKGS=(build-essential cmake pkg-config libuv1-dev libmicrohttpd-dev libwslay-dev libjansson-dev
-      libisal-dev libcmocka-dev python3 curl)
+      libisal-dev nettle-dev libcmocka-dev python3 curl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -60,6 +60,12 @@ static const struct key keys[] = {
     {"max_wait_ms", K_U32, F(max_wait_ms), 0, 3600000, "longest long poll (default 60000)"},
     {"max_waiting", K_U32, F(max_waiting), 1, 10000000,
      "long polls and publishes waiting at once (default 100000)"},
+    {"ws_ping_interval_ms", K_U32, F(ws_ping_interval_ms), 100, 3600000,
+     "WebSocket ping period; a peer that misses one is dropped (default 30000)"},
+    {"ws_window_bytes", K_U32, F(ws_window_bytes), 4096, 1u << 30,
+     "unsent bytes kept per WebSocket connection before it stops reading ahead (default 262144)"},
+    {"ws_max_message_bytes", K_U32, F(ws_max_message_bytes), 125, 16u << 20,
+     "largest message a WebSocket client may send (default 65536)"},
     {"auto_create_streams", K_BOOL, F(auto_create_streams), 0, 0, "publish creates missing streams (default true)"},
     {"allowed_origins", K_STR, F(allowed_origins), 0, 0,
      "comma-separated browser origins allowed besides same-host ones, * for any (default none)"},
@@ -83,6 +89,9 @@ void sd_config_default(struct sd_config *c) {
   c->max_wait_ms = 60000;
   c->max_waiting = 100000;
   c->auto_create_streams = 1;
+  c->ws_ping_interval_ms = 30000;
+  c->ws_window_bytes = 256u * 1024u;
+  c->ws_max_message_bytes = 64u * 1024u;
   snprintf(c->log_level, sizeof(c->log_level), "info");
 }
 
@@ -223,13 +232,20 @@ int sd_config_from_args(struct sd_config *c, int argc, char **argv, char *err, s
   }
   /* The config file first, so that flags win wherever they stand. */
   for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--config") != 0) continue;
-    if (i + 1 >= argc) {
-      snprintf(err, cap, "--config needs a file name");
-      return SD_E_INVALID_PARAMETER;
+    const char *file;
+    if (strncmp(argv[i], "--config=", 9) == 0) {
+      file = argv[i] + 9;
+    } else if (strcmp(argv[i], "--config") == 0) {
+      if (i + 1 >= argc) {
+        snprintf(err, cap, "--config needs a file name");
+        return SD_E_INVALID_PARAMETER;
+      }
+      file = argv[++i];
+    } else {
+      continue;
     }
-    snprintf(c->config_file, sizeof(c->config_file), "%s", argv[i + 1]);
-    if ((rc = sd_config_load(c, argv[i + 1], err, cap)) != 0) return SD_E_INVALID_PARAMETER;
+    snprintf(c->config_file, sizeof(c->config_file), "%s", file);
+    if ((rc = sd_config_load(c, file, err, cap)) != 0) return SD_E_INVALID_PARAMETER;
   }
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];

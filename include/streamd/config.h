@@ -26,6 +26,9 @@ struct sd_config {
   uint32_t max_json_depth;          /* nesting depth of request JSON */
   uint32_t max_wait_ms;             /* long-poll cap */
   uint32_t max_waiting;             /* long polls and pending publishes at once */
+  uint32_t ws_ping_interval_ms;     /* WebSocket keep-alive ping period */
+  uint32_t ws_window_bytes;         /* unsent bytes per WebSocket connection */
+  uint32_t ws_max_message_bytes;    /* largest message a WebSocket client may send */
   int auto_create_streams;
   char allowed_origins[2048];       /* comma-separated origins, "*" for any */
   char log_level[16];

@@ -197,6 +197,13 @@ void sd_stream_when_durable(struct sd_stream *s, struct sd_durable_op *op);
  * when from is below the partition's min_offset. */
 int sd_stream_resolve_offset(const struct sd_stream *s, uint32_t partition, int64_t from, uint64_t *out);
 
+/* Resolves a start offset for every partition into pos[0..partitions):
+ * from >= 0 applies to each partition (SD_E_OFFSET_OUT_OF_RANGE when below
+ * one's min_offset); -N places the starts so that exactly the N most
+ * recent records of the whole stream (by timestamp, then partition) lie
+ * at or after them. */
+int sd_stream_resolve_all(struct sd_stream *s, int64_t from, uint64_t *pos);
+
 /* Visits up to limit visible records of one partition starting at from
  * (already resolved), stopping early when max_bytes of JSON are passed
  * (at least one record is always visited).  Returns the number visited,

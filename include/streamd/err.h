@@ -32,7 +32,9 @@
   X(STREAM_DELETED,        -10018, 410, "stream_deleted",         "stream was deleted")                 \
   X(UNSUPPORTED_MEDIA,     -10019, 415, "unsupported_media_type", "body must be application/json")      \
   X(BUSY,                  -10020, 503, "busy",                   "too many requests waiting")          \
-  X(CORRUPT_FILE,          -10021, 500, "corrupt_file",           "a data file is damaged")
+  X(CORRUPT_FILE,          -10021, 500, "corrupt_file",           "a data file is damaged")            \
+  X(INVALID_HANDSHAKE,     -10022, 400, "invalid_handshake",      "not a valid WebSocket upgrade")      \
+  X(FORBIDDEN_ORIGIN,      -10023, 403, "forbidden_origin",       "Origin not allowed")
 
 enum {
 #define SD_ERR_ENUM(name, code, http, mcode, msg) SD_E_##name = (code),

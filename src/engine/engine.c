@@ -1150,6 +1150,40 @@ int sd_stream_read(struct sd_stream *s, uint32_t partition, uint64_t from, uint3
   return (int)n;
 }
 
+int sd_stream_resolve_all(struct sd_stream *s, int64_t from, uint64_t *pos) {
+  uint32_t np = s->cfg.partitions;
+  struct sd_record *cur = s->merge_cur;
+  int rc;
+  if (from >= 0) {
+    for (uint32_t p = 0; p < np; p++)
+      if ((rc = sd_stream_resolve_offset(s, p, from, &pos[p])) != 0) return rc;
+    return 0;
+  }
+  /* Walk back from every partition's end, taking the newest record each
+   * time, until N are taken; pos[p] ends at the first one taken. */
+  uint64_t want = (uint64_t)(-(from + 1)) + 1;
+  for (uint32_t p = 0; p < np; p++) {
+    struct partition *pt = &s->parts[p];
+    pos[p] = pt->visible_next;
+    cur[p].json = NULL;
+    if (pos[p] > min_offset(pt) && (rc = record_at(pt, pos[p] - 1, &cur[p])) != 0) return rc;
+  }
+  while (want > 0) {
+    int best = -1;
+    for (uint32_t p = 0; p < np; p++) {
+      if (cur[p].json == NULL) continue;
+      if (best < 0 || cur[p].timestamp_ms >= cur[best].timestamp_ms) best = (int)p;
+    }
+    if (best < 0) break;
+    struct partition *pt = &s->parts[best];
+    pos[best]--;
+    want--;
+    cur[best].json = NULL;
+    if (pos[best] > min_offset(pt) && (rc = record_at(pt, pos[best] - 1, &cur[best])) != 0) return rc;
+  }
+  return 0;
+}
+
 int sd_stream_read_merged(struct sd_stream *s, int64_t from, uint32_t limit, size_t max_bytes,
                           sd_record_visit_fn fn, void *arg) {
   uint32_t np = s->cfg.partitions, n = 0;
@@ -1158,33 +1192,7 @@ int sd_stream_read_merged(struct sd_stream *s, int64_t from, uint32_t limit, siz
   size_t bytes = 0;
   int rc;
 
-  if (from >= 0) {
-    for (uint32_t p = 0; p < np; p++)
-      if ((rc = sd_stream_resolve_offset(s, p, from, &pos[p])) != 0) return rc;
-  } else {
-    /* Walk back from every partition's end, taking the newest record each
-     * time, until N are taken; pos[p] ends at the first one taken. */
-    uint64_t want = (uint64_t)(-(from + 1)) + 1;
-    for (uint32_t p = 0; p < np; p++) {
-      struct partition *pt = &s->parts[p];
-      pos[p] = pt->visible_next;
-      cur[p].json = NULL;
-      if (pos[p] > min_offset(pt) && (rc = record_at(pt, pos[p] - 1, &cur[p])) != 0) return rc;
-    }
-    while (want > 0) {
-      int best = -1;
-      for (uint32_t p = 0; p < np; p++) {
-        if (cur[p].json == NULL) continue;
-        if (best < 0 || cur[p].timestamp_ms >= cur[best].timestamp_ms) best = (int)p;
-      }
-      if (best < 0) break;
-      struct partition *pt = &s->parts[best];
-      pos[best]--;
-      want--;
-      cur[best].json = NULL;
-      if (pos[best] > min_offset(pt) && (rc = record_at(pt, pos[best] - 1, &cur[best])) != 0) return rc;
-    }
-  }
+  if ((rc = sd_stream_resolve_all(s, from, pos)) != 0) return rc;
   /* Forward merge by (timestamp, partition). */
   for (uint32_t p = 0; p < np; p++) {
     cur[p].json = NULL;

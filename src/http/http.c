@@ -32,6 +32,13 @@
 #define KEEP_BUF_BYTES (256u * 1024u)
 
 static void schedule(struct sd_http *h);
+static void on_timer(uv_timer_t *t);
+
+/* Makes MHD run soon: after a resume or when an upgraded socket returns. */
+static void kick(void *arg) {
+  struct sd_http *h = arg;
+  if (h->daemon) uv_timer_start(&h->timer, on_timer, 0, 0);
+}
 
 /* ---- the loop side ------------------------------------------------------ */
 
@@ -142,7 +149,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 
 /* ---- responses ---------------------------------------------------------- */
 
-static int origin_allowed(struct sd_req *req, const char *origin) {
+int sd_req_origin_allowed(struct sd_req *req, const char *origin) {
   const struct sd_config *cfg = req->h->cfg;
   const char *list = cfg->allowed_origins;
   size_t olen = strlen(origin);
@@ -170,7 +177,7 @@ static int origin_allowed(struct sd_req *req, const char *origin) {
 
 static void add_cors(struct sd_req *req, struct MHD_Response *resp) {
   const char *origin = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Origin");
-  if (origin == NULL || !origin_allowed(req, origin)) return;
+  if (origin == NULL || !sd_req_origin_allowed(req, origin)) return;
   MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin);
   MHD_add_response_header(resp, "Vary", "Origin");
   if (strcmp(req->method, "OPTIONS") == 0) {
@@ -213,7 +220,7 @@ void sd_req_finish(struct sd_req *req, unsigned status) {
   req->pending = 1; /* queued on the next access-handler call */
   MHD_resume_connection(req->conn);
   /* The resume is seen by MHD_run; make sure one happens soon. */
-  uv_timer_start(&req->h->timer, on_timer, 0, 0);
+  kick(req->h);
 }
 
 int sd_json_str(struct sd_buf *b, const char *s, size_t len) {
@@ -246,6 +253,25 @@ void sd_req_error(struct sd_req *req, int err, const char *message, const char *
   if (extra && *extra) sd_buf_printf(b, ",%s", extra);
   SD_BUF_LIT(b, "}");
   sd_req_finish(req, (unsigned)sd_err_http_status(err));
+}
+
+const char *sd_req_header(struct sd_req *req, const char *name) {
+  return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
+}
+
+void sd_req_upgrade(struct sd_req *req, struct sd_ws_conn *c, const char *accept) {
+  struct MHD_Response *resp = MHD_create_response_for_upgrade(sd_ws_upgraded, c);
+  if (resp == NULL) {
+    sd_ws_conn_discard(c);
+    sd_req_error(req, -ENOMEM, NULL, NULL);
+    return;
+  }
+  MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
+  MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept);
+  req->ws = c;
+  MHD_queue_response(req->conn, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
+  MHD_destroy_response(resp);
+  req->responded = 1;
 }
 
 const char *sd_req_arg(struct sd_req *req, const char *name) {
@@ -376,7 +402,7 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
   memset(&ss, 0, sizeof(ss));
   struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
   struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-  unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_USE_ERROR_LOG;
+  unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO | MHD_ALLOW_UPGRADE | MHD_USE_ERROR_LOG;
   if (inet_pton(AF_INET, cfg->host, &sin->sin_addr) == 1) {
     sin->sin_family = AF_INET;
     sin->sin_port = htons(cfg->port);
@@ -423,19 +449,27 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
   uv_poll_start(&h->poll, UV_READABLE, on_poll);
   uv_timer_init(loop, &h->timer);
   h->timer.data = h;
+  if ((rc = sd_ws_server_new(loop, cfg, kick, h, &h->ws)) != 0) {
+    uv_close((uv_handle_t *)&h->poll, NULL);
+    uv_close((uv_handle_t *)&h->timer, NULL);
+    MHD_stop_daemon(h->daemon);
+    free(h);
+    return rc;
+  }
   schedule(h);
   *out = h;
   return 0;
 }
 
 uint16_t sd_http_port(const struct sd_http *h) { return h->port; }
-size_t sd_http_in_flight(const struct sd_http *h) { return h->in_flight; }
+size_t sd_http_in_flight(const struct sd_http *h) { return h->in_flight + sd_ws_server_count(h->ws); }
 
 void sd_http_quiesce(struct sd_http *h) {
   if (h->quiescing) return;
   h->quiescing = 1;
   MHD_socket fd = MHD_quiesce_daemon(h->daemon);
   if (fd != MHD_INVALID_SOCKET) close(fd);
+  sd_ws_server_shutdown(h->ws);
   /* Long polls answer now with what they have; publishes waiting for
    * their sync finish on their own. */
   struct sd_list *n = h->suspended.next;
@@ -462,6 +496,9 @@ void sd_http_free(struct sd_http *h) {
     struct sd_req *r = SD_CONTAINER_OF(h->suspended.next, struct sd_req, node);
     sd_req_error(r, SD_E_SHUTTING_DOWN, NULL, NULL);
   }
+  /* Upgraded sockets go back to MHD before it stops. */
+  sd_ws_server_free(h->ws);
+  MHD_run(h->daemon);
   uv_poll_stop(&h->poll);
   uv_timer_stop(&h->timer);
   struct MHD_Daemon *d = h->daemon;

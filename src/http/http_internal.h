@@ -22,6 +22,7 @@
 #include "streamd/http.h"
 #include "streamd/list.h"
 #include "jspan.h"
+#include "ws/ws.h"
 
 struct sd_http {
   uv_loop_t *loop;
@@ -38,6 +39,7 @@ struct sd_http {
   struct sd_list suspended;
   struct sd_list free_reqs;
   size_t nfree;
+  struct sd_ws_server *ws;
 };
 
 #define SD_PATH_MAX_PARTS 8
@@ -80,6 +82,7 @@ struct sd_req {
   json_t *json;               /* parsed body, owned */
   uint64_t *last_read;        /* per partition offset read + 1, for consumer positions */
   uint32_t last_read_cap;
+  struct sd_ws_conn *ws;      /* a subscriber waiting for its upgrade */
 };
 
 /* Prepares the response (status, body in req->out as JSON) and queues it,
@@ -94,6 +97,16 @@ void sd_req_error(struct sd_req *req, int err, const char *message, const char *
 
 /* Suspends the connection (the handler answers later with sd_req_finish). */
 void sd_req_suspend(struct sd_req *req);
+
+/* Queues the 101 response that upgrades to a WebSocket served by c. */
+void sd_req_upgrade(struct sd_req *req, struct sd_ws_conn *c, const char *accept);
+
+/* Request header or NULL. */
+const char *sd_req_header(struct sd_req *req, const char *name);
+
+/* Whether the request's Origin header (present) is allowed: the same host
+ * name as its Host header (any port), or listed in allowed_origins. */
+int sd_req_origin_allowed(struct sd_req *req, const char *origin);
 
 /* Query argument or NULL. */
 const char *sd_req_arg(struct sd_req *req, const char *name);

@@ -30,6 +30,7 @@ enum route {
   R_PUBLISH,
   R_CONSUME,
   R_METRICS,
+  R_WS,
 };
 
 #define MAX_LIMIT 10000
@@ -237,10 +238,13 @@ int sd_routes_match(struct sd_req *req) {
     } else if (n == 4 && is(v[2], "consume")) {
       route = R_CONSUME;
       allowed = is(m, "GET") || is(m, "HEAD");
+    } else if (n == 4 && is(v[2], "ws")) {
+      route = R_WS;
+      allowed = is(m, "GET");
     }
     if (route != R_NONE) {
       if (check_name(req, v[1], "stream") != 0) return -1;
-      if (route == R_CONSUME && check_name(req, v[3], "consumer") != 0) return -1;
+      if ((route == R_CONSUME || route == R_WS) && check_name(req, v[3], "consumer") != 0) return -1;
     }
   }
 not_found:
@@ -755,6 +759,26 @@ static int append_record(void *arg, const struct sd_record *rec) {
   return 0;
 }
 
+/* Answers 416 for req->from on req->partition (or every partition): the
+ * min_offset given is the first offset from which the read succeeds. */
+static void out_of_range(struct sd_req *req, struct sd_stream *s) {
+  const struct sd_stream_config *c = sd_stream_config(s);
+  uint64_t lo = 0;
+  int64_t hi = -1;
+  char extra[128], msg[200];
+  for (uint32_t p = 0; p < c->partitions; p++) {
+    if (req->partition >= 0 && p != (uint32_t)req->partition) continue;
+    struct sd_partition_stat ps;
+    sd_stream_partition_stat(s, p, &ps);
+    if (ps.min_offset > lo) lo = ps.min_offset;
+    if ((int64_t)ps.next_offset - 1 > hi) hi = (int64_t)ps.next_offset - 1;
+  }
+  snprintf(extra, sizeof(extra), "\"min_offset\":%llu,\"max_offset\":%lld", (unsigned long long)lo, (long long)hi);
+  snprintf(msg, sizeof(msg), "offset %lld was removed by retention; the oldest offset is %llu", (long long)req->from,
+           (unsigned long long)lo);
+  sd_req_error(req, SD_E_OFFSET_OUT_OF_RANGE, msg, extra);
+}
+
 static void consume_timer_cb(uv_timer_t *t);
 static void consume_wake_cb(struct sd_waiter *w, int status);
 
@@ -782,22 +806,7 @@ static void consume_run(struct sd_req *req, int final) {
     rc = sd_stream_read_merged(s, req->from, req->limit, max_bytes, append_record, req);
   }
   if (rc == SD_E_OFFSET_OUT_OF_RANGE) {
-    struct sd_partition_stat ps;
-    uint32_t p = req->partition >= 0 ? (uint32_t)req->partition : 0;
-    struct totals t;
-    char extra[128], msg[200];
-    if (req->partition >= 0 || c->partitions == 1) {
-      sd_stream_partition_stat(s, p, &ps);
-      t.min = ps.min_offset;
-      t.max = (int64_t)ps.next_offset - 1;
-    } else {
-      stream_totals(s, &t);
-    }
-    snprintf(extra, sizeof(extra), "\"min_offset\":%llu,\"max_offset\":%lld", (unsigned long long)t.min,
-             (long long)t.max);
-    snprintf(msg, sizeof(msg), "offset %lld was removed by retention; the oldest offset is %llu",
-             (long long)req->from, (unsigned long long)t.min);
-    sd_req_error(req, rc, msg, extra);
+    out_of_range(req, s);
     return;
   }
   if (rc < 0) {
@@ -895,6 +904,95 @@ void sd_routes_wake(struct sd_req *req) {
   if (req->route != R_CONSUME || !req->suspended) return;
   sd_stream_wait_cancel(&req->waiter);
   consume_run(req, 1);
+}
+
+/* ---- WebSocket subscribe ------------------------------------------------------------ */
+
+/* Whether a comma-separated header value holds token (case-insensitive). */
+static int has_token(const char *value, const char *token) {
+  size_t tl = strlen(token);
+  for (const char *p = value; p && *p;) {
+    while (*p == ' ' || *p == ',' || *p == '\t') p++;
+    const char *e = p;
+    while (*e && *e != ',') e++;
+    const char *t = e;
+    while (t > p && (t[-1] == ' ' || t[-1] == '\t')) t--;
+    if ((size_t)(t - p) == tl && strncasecmp(p, token, tl) == 0) return 1;
+    p = e;
+  }
+  return 0;
+}
+
+static void handle_ws(struct sd_req *req, struct sd_stream *s) {
+  const struct sd_stream_config *c = sd_stream_config(s);
+  const char *upgrade = sd_req_header(req, "Upgrade");
+  const char *connection = sd_req_header(req, "Connection");
+  const char *version = sd_req_header(req, "Sec-WebSocket-Version");
+  const char *origin = sd_req_header(req, "Origin");
+  char accept[29];
+  int64_t from = 0, partition = -1;
+  int rc;
+
+  if (upgrade == NULL || strcasecmp(upgrade, "websocket") != 0 || connection == NULL ||
+      !has_token(connection, "upgrade")) {
+    sd_req_error(req, SD_E_INVALID_HANDSHAKE, "this route needs a WebSocket upgrade (Upgrade: websocket)", NULL);
+    return;
+  }
+  if (version == NULL || strcmp(version, "13") != 0) {
+    sd_req_error(req, SD_E_INVALID_HANDSHAKE, "Sec-WebSocket-Version must be 13", NULL);
+    return;
+  }
+  if (sd_ws_accept_key(sd_req_header(req, "Sec-WebSocket-Key"), accept) != 0) {
+    sd_req_error(req, SD_E_INVALID_HANDSHAKE, "Sec-WebSocket-Key must be 16 bytes in base64", NULL);
+    return;
+  }
+  if (origin != NULL && !sd_req_origin_allowed(req, origin)) {
+    char msg[400];
+    snprintf(msg, sizeof(msg), "Origin '%.300s' is not allowed", origin);
+    sd_req_error(req, SD_E_FORBIDDEN_ORIGIN, msg, NULL);
+    return;
+  }
+  int has_from = sd_req_arg(req, "from_offset") != NULL;
+  if (arg_int(req, "from_offset", INT64_MIN, &from) != 0 || arg_int(req, "partition", 0, &partition) != 0) return;
+  if (partition >= (int64_t)c->partitions) {
+    char why[96];
+    snprintf(why, sizeof(why), "names partition %lld, but the stream has %u", (long long)partition, c->partitions);
+    bad_param(req, "partition", why);
+    return;
+  }
+  uint64_t *starts = malloc(c->partitions * sizeof(*starts));
+  if (starts == NULL) {
+    sd_req_error(req, -ENOMEM, NULL, NULL);
+    return;
+  }
+  /* Default: the end of each partition (new events only). */
+  for (uint32_t p = 0; p < c->partitions; p++) {
+    struct sd_partition_stat ps;
+    sd_stream_partition_stat(s, p, &ps);
+    starts[p] = ps.next_offset;
+  }
+  rc = 0;
+  if (has_from && partition >= 0)
+    rc = sd_stream_resolve_offset(s, (uint32_t)partition, from, &starts[partition]);
+  else if (has_from)
+    rc = sd_stream_resolve_all(s, from, starts);
+  if (rc != 0) {
+    free(starts);
+    req->from = from;
+    req->partition = (int32_t)partition;
+    if (rc == SD_E_OFFSET_OUT_OF_RANGE)
+      out_of_range(req, s);
+    else
+      sd_req_error(req, rc, NULL, NULL);
+    return;
+  }
+  struct sd_ws_conn *conn = sd_ws_conn_new(req->h->ws, s, (int32_t)partition, starts, req->parts[3]);
+  free(starts);
+  if (conn == NULL) {
+    sd_req_error(req, -ENOMEM, NULL, NULL);
+    return;
+  }
+  sd_req_upgrade(req, conn, accept);
 }
 
 /* ---- metrics -------------------------------------------------------------------- */
@@ -1009,6 +1107,9 @@ void sd_routes_dispatch(struct sd_req *req) {
   case R_CONSUME:
     handle_consume(req, s);
     break;
+  case R_WS:
+    handle_ws(req, s);
+    break;
   default:
     sd_req_error(req, SD_E_NOT_FOUND, "no such route", NULL);
     break;
@@ -1016,6 +1117,10 @@ void sd_routes_dispatch(struct sd_req *req) {
 }
 
 void sd_routes_release(struct sd_req *req) {
+  if (req->ws) {
+    sd_ws_conn_discard(req->ws); /* frees it only if the upgrade never happened */
+    req->ws = NULL;
+  }
   sd_stream_wait_cancel(&req->waiter);
   if (req->wait_timer_init) uv_timer_stop(&req->wait_timer);
   if (req->stream) {

@@ -1,0 +1,454 @@
+/*
+ * ws.c - WebSocket subscriber connections; see ws.h.
+ *
+ * Life of a connection: sd_ws_conn_new (at the handshake) -> sd_ws_upgraded
+ * (MHD hands over the socket) -> reads from the log into wslay's queue,
+ * wslay frames into c->out, one send() per pass -> close: a close frame is
+ * queued, the connection ends once it is sent (or at the next ping tick)
+ * -> the poll handle closes -> MHD_upgrade_action(CLOSE) gives the socket
+ * back to MHD, which closes it.
+ *
+ * Invariants: queued(c) = wslay's queued bytes + unsent bytes in c->out
+ * stays under window + one record; next[p] is the next offset to queue for
+ * partition p; a connection is in srv->conns from upgrade to destruction.
+ */
+#include "ws/ws.h"
+
+#include <errno.h>
+#include <nettle/base64.h>
+#include <nettle/sha1.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <wslay/wslay.h>
+
+#include "streamd/buf.h"
+#include "streamd/err.h"
+#include "streamd/list.h"
+#include "streamd/log.h"
+
+#define READ_BATCH 256
+#define OUT_CAP_EXTRA (64u * 1024u)
+
+struct sd_ws_server {
+  uv_loop_t *loop;
+  const struct sd_config *cfg;
+  void (*kick)(void *);
+  void *kick_arg;
+  struct sd_list conns;
+  size_t count;
+  uv_timer_t ping;
+  int closing;
+  int freeing;
+};
+
+struct sd_ws_conn {
+  struct sd_list node;
+  struct sd_ws_server *srv;
+  struct MHD_UpgradeResponseHandle *urh;
+  int fd;
+  int upgraded;
+  int closing;        /* a close frame is queued; end once it is sent */
+  int dead;           /* destruction started */
+  int awaiting_pong;
+  int close_ticks;
+  uv_poll_t poll;
+  int poll_events;
+  wslay_event_context_ptr ctx;
+  struct sd_stream *stream;
+  int32_t partition;  /* -1: every partition */
+  uint32_t nparts;
+  uint32_t rr;
+  uint64_t *next;
+  struct sd_waiter waiter;
+  struct sd_buf out;
+  size_t out_off;
+  char *extra;        /* bytes read by MHD past the handshake */
+  size_t extra_len, extra_off;
+  char consumer[SD_MAX_NAME + 1];
+};
+
+static void conn_update(struct sd_ws_conn *c);
+static void conn_close(struct sd_ws_conn *c, uint16_t code, const char *reason);
+static void conn_destroy(struct sd_ws_conn *c);
+
+/* ---- handshake ---------------------------------------------------------- */
+
+int sd_ws_accept_key(const char *key, char accept[29]) {
+  static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+  struct base64_decode_ctx d;
+  uint8_t raw[20];
+  size_t n = sizeof(raw);
+  if (key == NULL || strlen(key) != 24) return SD_E_INVALID_PARAMETER;
+  base64_decode_init(&d);
+  if (!base64_decode_update(&d, &n, raw, 24, key) || !base64_decode_final(&d) || n != 16)
+    return SD_E_INVALID_PARAMETER;
+  struct sha1_ctx sha;
+  uint8_t digest[SHA1_DIGEST_SIZE];
+  sha1_init(&sha);
+  sha1_update(&sha, 24, (const uint8_t *)key);
+  sha1_update(&sha, sizeof(guid) - 1, (const uint8_t *)guid);
+  sha1_digest(&sha, sizeof(digest), digest);
+  base64_encode_raw(accept, sizeof(digest), digest);
+  accept[28] = '\0';
+  return 0;
+}
+
+/* ---- wslay callbacks ----------------------------------------------------- */
+
+static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user) {
+  struct sd_ws_conn *c = user;
+  (void)flags;
+  if (c->extra_off < c->extra_len) {
+    size_t n = c->extra_len - c->extra_off;
+    if (n > len) n = len;
+    memcpy(buf, c->extra + c->extra_off, n);
+    c->extra_off += n;
+    return (ssize_t)n;
+  }
+  for (;;) {
+    ssize_t r = recv(c->fd, buf, len, 0);
+    if (r > 0) return r;
+    if (r == 0) {
+      wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+      return -1;
+    }
+    if (errno == EINTR) continue;
+    wslay_event_set_error(ctx, errno == EAGAIN || errno == EWOULDBLOCK ? WSLAY_ERR_WOULDBLOCK
+                                                                        : WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+}
+
+/* Frames go to c->out; one send() per pass writes them (conn_flush). */
+static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t len, int flags, void *user) {
+  struct sd_ws_conn *c = user;
+  (void)flags;
+  if (c->out.len - c->out_off > c->srv->cfg->ws_window_bytes + OUT_CAP_EXTRA) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  if (sd_buf_append(&c->out, data, len) != 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+  }
+  return (ssize_t)len;
+}
+
+static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg, void *user) {
+  struct sd_ws_conn *c = user;
+  (void)ctx;
+  if (arg->opcode == WSLAY_PONG) c->awaiting_pong = 0;
+  /* Text and binary messages from a subscriber carry nothing for it. */
+}
+
+/* ---- the send path --------------------------------------------------------- */
+
+static size_t queued(struct sd_ws_conn *c) {
+  return wslay_event_get_queued_msg_length(c->ctx) + (c->out.len - c->out_off);
+}
+
+/* Writes what c->out holds; returns 0, or -1 when the peer is gone. */
+static int conn_flush(struct sd_ws_conn *c) {
+  int rc = wslay_event_send(c->ctx);
+  if (rc != 0 && rc != WSLAY_ERR_WOULDBLOCK) return -1;
+  while (c->out_off < c->out.len) {
+    ssize_t w = send(c->fd, c->out.data + c->out_off, c->out.len - c->out_off, MSG_NOSIGNAL);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      return -1;
+    }
+    c->out_off += (size_t)w;
+    /* wslay may have more frames now that there is room. */
+    if (c->out_off == c->out.len) {
+      sd_buf_reset(&c->out);
+      c->out_off = 0;
+      if (wslay_event_want_write(c->ctx)) {
+        rc = wslay_event_send(c->ctx);
+        if (rc != 0 && rc != WSLAY_ERR_WOULDBLOCK) return -1;
+      }
+    }
+  }
+  if (c->out_off == c->out.len) {
+    sd_buf_reset(&c->out);
+    c->out_off = 0;
+  }
+  return 0;
+}
+
+static int queue_record(void *arg, const struct sd_record *rec) {
+  struct sd_ws_conn *c = arg;
+  struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)rec->json, rec->json_len};
+  if (wslay_event_queue_msg(c->ctx, &m) != 0) return 1;
+  c->next[rec->partition] = rec->offset + 1;
+  return 0;
+}
+
+static void on_wake(struct sd_waiter *w, int status);
+
+/* Reads from the cursors into wslay's queue until the window is full or
+ * the log is exhausted; then waits for new records. */
+static void conn_refill(struct sd_ws_conn *c) {
+  const struct sd_config *cfg = c->srv->cfg;
+  uint32_t first = c->partition >= 0 ? (uint32_t)c->partition : 0;
+  uint32_t count = c->partition >= 0 ? 1 : c->nparts;
+  if (c->closing || c->dead) return;
+  if (sd_stream_deleted(c->stream)) {
+    conn_close(c, 4404, "stream deleted");
+    return;
+  }
+  for (;;) {
+    size_t q = queued(c);
+    if (q >= cfg->ws_window_bytes) return; /* resumes when the socket drains */
+    int progressed = 0;
+    for (uint32_t k = 0; k < count; k++) {
+      uint32_t p = first + (c->rr + k) % count;
+      struct sd_partition_stat ps;
+      sd_stream_partition_stat(c->stream, p, &ps);
+      if (c->next[p] >= ps.next_offset) continue;
+      if (c->next[p] < ps.min_offset) {
+        conn_close(c, 4416, "fell behind retention: the next event was removed");
+        return;
+      }
+      uint64_t before = c->next[p];
+      int n = sd_stream_read(c->stream, p, c->next[p], READ_BATCH, cfg->ws_window_bytes - q, queue_record, c);
+      if (n < 0) {
+        conn_close(c, 1011, n == SD_E_CORRUPT ? "a stored record failed its checksum" : "read failed");
+        return;
+      }
+      if (c->next[p] > before) {
+        progressed = 1;
+        sd_stream_consumer_seen(c->stream, c->consumer, p, c->next[p] - 1, sd_now_ms());
+        sd_stream_count_consumed(c->stream, c->next[p] - before);
+      }
+      q = queued(c);
+      if (q >= cfg->ws_window_bytes) break;
+    }
+    c->rr++;
+    if (!progressed) {
+      if (!sd_list_linked(&c->waiter.node)) sd_stream_wait(c->stream, &c->waiter);
+      return;
+    }
+  }
+}
+
+static void on_wake(struct sd_waiter *w, int status) {
+  struct sd_ws_conn *c = w->data;
+  if (status == SD_E_STREAM_DELETED) {
+    conn_close(c, 4404, "stream deleted");
+  } else if (status != 0) {
+    conn_close(c, 1001, "server shutting down");
+  } else {
+    conn_refill(c);
+  }
+  conn_update(c);
+}
+
+/* ---- poll and life cycle -------------------------------------------------- */
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  struct sd_ws_conn *c = h->data;
+  if (status < 0) {
+    conn_destroy(c);
+    return;
+  }
+  if (events & UV_READABLE) {
+    int rc = wslay_event_recv(c->ctx);
+    if (rc != 0) {
+      conn_destroy(c);
+      return;
+    }
+  }
+  conn_update(c);
+}
+
+/* After any activity: fill, flush, and watch what is needed, or end. */
+static void conn_update(struct sd_ws_conn *c) {
+  if (c->dead) return;
+  if (!c->closing && wslay_event_get_close_received(c->ctx) && !wslay_event_get_close_sent(c->ctx))
+    c->closing = 1; /* wslay queued the reply close */
+  conn_refill(c);
+  if (conn_flush(c) != 0) {
+    conn_destroy(c);
+    return;
+  }
+  int pending = c->out_off < c->out.len || wslay_event_want_write(c->ctx);
+  if (c->closing && !pending && wslay_event_get_close_sent(c->ctx)) {
+    conn_destroy(c);
+    return;
+  }
+  if (!wslay_event_want_read(c->ctx) && !pending) {
+    conn_destroy(c);
+    return;
+  }
+  /* Window refills when the socket drains: watch writability while frames wait. */
+  int ev = (wslay_event_want_read(c->ctx) ? UV_READABLE : 0) | (pending ? UV_WRITABLE : 0);
+  if (ev != c->poll_events) {
+    c->poll_events = ev;
+    uv_poll_start(&c->poll, ev, on_poll);
+  }
+}
+
+static void conn_close(struct sd_ws_conn *c, uint16_t code, const char *reason) {
+  if (c->closing || c->dead) return;
+  c->closing = 1;
+  sd_stream_wait_cancel(&c->waiter);
+  wslay_event_queue_close(c->ctx, code, (const uint8_t *)reason, strlen(reason));
+}
+
+static void conn_free(struct sd_ws_conn *c) {
+  if (c->ctx) wslay_event_context_free(c->ctx);
+  sd_buf_free(&c->out);
+  free(c->extra);
+  free(c->next);
+  if (c->stream) sd_stream_unref(c->stream);
+  free(c);
+}
+
+static void poll_closed(uv_handle_t *h) {
+  struct sd_ws_conn *c = h->data;
+  struct sd_ws_server *srv = c->srv;
+  MHD_upgrade_action(c->urh, MHD_UPGRADE_ACTION_CLOSE);
+  if (srv->kick && !srv->freeing) srv->kick(srv->kick_arg);
+  conn_free(c);
+}
+
+static void conn_destroy(struct sd_ws_conn *c) {
+  if (c->dead) return;
+  c->dead = 1;
+  sd_stream_wait_cancel(&c->waiter);
+  sd_list_remove(&c->node);
+  c->srv->count--;
+  sd_stream_subscribers_add(c->stream, -1);
+  uv_poll_stop(&c->poll);
+  uv_close((uv_handle_t *)&c->poll, poll_closed);
+}
+
+struct sd_ws_conn *sd_ws_conn_new(struct sd_ws_server *srv, struct sd_stream *s, int32_t partition,
+                                  const uint64_t *starts, const char *consumer) {
+  static const struct wslay_event_callbacks cbs = {on_recv, on_send, NULL, NULL, NULL, NULL, on_msg};
+  struct sd_ws_conn *c = calloc(1, sizeof(*c));
+  if (c == NULL) return NULL;
+  c->srv = srv;
+  c->fd = -1;
+  c->partition = partition;
+  c->nparts = sd_stream_config(s)->partitions;
+  c->next = malloc(c->nparts * sizeof(*c->next));
+  if (c->next == NULL || wslay_event_context_server_init(&c->ctx, &cbs, c) != 0) {
+    conn_free(c);
+    return NULL;
+  }
+  wslay_event_config_set_max_recv_msg_length(c->ctx, srv->cfg->ws_max_message_bytes);
+  memcpy(c->next, starts, c->nparts * sizeof(*c->next));
+  snprintf(c->consumer, sizeof(c->consumer), "%s", consumer);
+  sd_list_init(&c->node);
+  c->waiter.cb = on_wake;
+  c->waiter.data = c;
+  sd_stream_ref(s);
+  c->stream = s;
+  return c;
+}
+
+void sd_ws_conn_discard(struct sd_ws_conn *c) {
+  if (c != NULL && !c->upgraded) conn_free(c);
+}
+
+void sd_ws_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
+                    size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh) {
+  struct sd_ws_conn *c = cls;
+  struct sd_ws_server *srv = c->srv;
+  (void)connection;
+  (void)con_cls;
+  c->upgraded = 1;
+  c->fd = sock;
+  c->urh = urh;
+  if (extra_in_size > 0) {
+    c->extra = malloc(extra_in_size);
+    if (c->extra) {
+      memcpy(c->extra, extra_in, extra_in_size);
+      c->extra_len = extra_in_size;
+    }
+  }
+  uv_poll_init_socket(srv->loop, &c->poll, sock);
+  c->poll.data = c;
+  sd_list_push_back(&srv->conns, &c->node);
+  srv->count++;
+  sd_stream_subscribers_add(c->stream, 1);
+  if (srv->closing) conn_close(c, 1001, "server shutting down");
+  if (c->extra_len) {
+    if (wslay_event_recv(c->ctx) != 0) {
+      conn_destroy(c);
+      return;
+    }
+  }
+  conn_update(c);
+}
+
+/* ---- the server ------------------------------------------------------------- */
+
+/* Every interval: a peer that did not answer the last ping is dropped, the
+ * others get a new one; connections stuck closing are ended. */
+static void on_ping(uv_timer_t *t) {
+  struct sd_ws_server *srv = t->data;
+  struct sd_list *n = srv->conns.next;
+  while (n != &srv->conns) {
+    struct sd_ws_conn *c = SD_CONTAINER_OF(n, struct sd_ws_conn, node);
+    n = n->next;
+    if (c->closing) {
+      if (++c->close_ticks >= 2) conn_destroy(c);
+      continue;
+    }
+    if (c->awaiting_pong) {
+      SD_DEBUG("ws: subscriber %s did not answer a ping; dropped", c->consumer);
+      conn_destroy(c);
+      continue;
+    }
+    struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
+    wslay_event_queue_msg(c->ctx, &m);
+    c->awaiting_pong = 1;
+    conn_update(c);
+  }
+}
+
+int sd_ws_server_new(uv_loop_t *loop, const struct sd_config *cfg, void (*kick)(void *), void *arg,
+                     struct sd_ws_server **out) {
+  struct sd_ws_server *srv = calloc(1, sizeof(*srv));
+  if (srv == NULL) return -ENOMEM;
+  srv->loop = loop;
+  srv->cfg = cfg;
+  srv->kick = kick;
+  srv->kick_arg = arg;
+  sd_list_init(&srv->conns);
+  uv_timer_init(loop, &srv->ping);
+  srv->ping.data = srv;
+  uint64_t ms = (uint64_t)cfg->ws_ping_interval_ms;
+  uv_timer_start(&srv->ping, on_ping, ms, ms);
+  uv_unref((uv_handle_t *)&srv->ping);
+  *out = srv;
+  return 0;
+}
+
+size_t sd_ws_server_count(const struct sd_ws_server *srv) { return srv->count; }
+
+void sd_ws_server_shutdown(struct sd_ws_server *srv) {
+  srv->closing = 1;
+  struct sd_list *n = srv->conns.next;
+  while (n != &srv->conns) {
+    struct sd_ws_conn *c = SD_CONTAINER_OF(n, struct sd_ws_conn, node);
+    n = n->next;
+    conn_close(c, 1001, "server shutting down");
+    conn_update(c);
+  }
+}
+
+static void ping_closed(uv_handle_t *h) { free(h->data); }
+
+void sd_ws_server_free(struct sd_ws_server *srv) {
+  sd_ws_server_shutdown(srv);
+  while (!sd_list_empty(&srv->conns)) conn_destroy(SD_CONTAINER_OF(srv->conns.next, struct sd_ws_conn, node));
+  /* The poll handles close on the next pass; MHD gets the sockets back then. */
+  uv_run(srv->loop, UV_RUN_NOWAIT);
+  srv->freeing = 1;
+  uv_close((uv_handle_t *)&srv->ping, ping_closed);
+}
