@@ -60,6 +60,7 @@ struct sd_engine_options {
 void sd_engine_options_default(struct sd_engine_options *o);
 
 struct sd_engine;
+struct sd_durable_op;
 struct sd_stream;
 
 /* A record as read: points into a mapped segment, valid only during the
@@ -132,8 +133,10 @@ size_t sd_engine_stream_count(const struct sd_engine *e);
 
 /* Deletes a stream: it disappears from lookups at once, its waiters and
  * pending appends complete with SD_E_STREAM_DELETED, and its directory is
- * removed from disk on the thread pool.  SD_E_STREAM_NOT_FOUND if missing. */
-int sd_engine_delete(struct sd_engine *e, const char *name);
+ * removed from disk on the thread pool.  When op is not NULL, op->cb runs
+ * once the deletion is durable (0, or -errno when the directory sync
+ * failed).  SD_E_STREAM_NOT_FOUND if missing (op is not called). */
+int sd_engine_delete(struct sd_engine *e, const char *name, struct sd_durable_op *op);
 
 /* ---- streams ----------------------------------------------------------- */
 

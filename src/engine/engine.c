@@ -85,6 +85,7 @@ struct sync_job {
   int *dir_err;
   uint32_t ndirs, dircap;
   int write_meta;
+  char *config_file;     /* stream.json to fsync, or NULL */
 };
 
 struct dedup_entry {
@@ -97,6 +98,7 @@ struct sd_stream {
   struct sd_engine *e;
   char *name;
   char *dir;
+  char *config_path;          /* <dir>/stream.json */
   struct sd_stream_config cfg;
   uint64_t created_at, generation;
   struct partition *parts;
@@ -317,6 +319,10 @@ static void sync_work(uv_work_t *req) {
       if (rc != 0) SD_WARN("index for %s not written: %s (a scan will rebuild it)", seg->path, sd_strerror(rc));
     }
   }
+  if (j->config_file) {
+    int rc = sd_fs_sync_file(j->config_file);
+    if (rc != 0 && j->ndirs > 0) j->dir_err[0] = rc;
+  }
   if (j->write_meta) {
     int rc = meta_write(e);
     if (rc != 0 && j->ndirs > 0) j->dir_err[0] = rc;
@@ -403,6 +409,7 @@ static int start_job(struct sd_stream *s) {
   j->nsegs = 0;
   j->ndirs = 0;
   j->write_meta = 0;
+  j->config_file = NULL;
   j->target_seq = s->write_seq;
   s->sync_wanted = 0;
   if (!s->deleted) {
@@ -426,6 +433,7 @@ static int start_job(struct sd_stream *s) {
       if ((rc = job_add_dir(j, e->streams_dir)) != 0) goto fail;
       if ((rc = job_add_dir(j, e->data_dir)) != 0) goto fail;
       j->write_meta = 1;
+      j->config_file = s->config_path;
       s->meta_dirty = 0;
     }
   }
@@ -627,6 +635,7 @@ static int roll(struct sd_stream *s, struct partition *p, uint64_t record_bytes)
     p->segs[p->nsegs - 1] = seg;
     sd_segment_unref(act);
     p->dir_dirty = 1;
+    p->dirty = 1;
     want_sync(s);
     start_prealloc(s, p);
     return 0;
@@ -638,6 +647,7 @@ static int roll(struct sd_stream *s, struct partition *p, uint64_t record_bytes)
   }
   p->segs[p->nsegs - 2]->sealed = 1;
   p->dir_dirty = 1;
+  p->dirty = 1;
   want_sync(s);
   start_prealloc(s, p);
   return 0;
@@ -694,6 +704,7 @@ static void stream_free(struct sd_stream *s) {
   free(s->merge_pos);
   free(s->name);
   free(s->dir);
+  free(s->config_path);
   free(s);
 }
 
@@ -715,13 +726,14 @@ static struct sd_stream *stream_alloc(struct sd_engine *e, const char *name, con
   sd_list_init(&s->sync_node);
   s->name = strdup(name);
   s->dir = path_join(e->streams_dir, name);
+  s->config_path = s->dir ? path_join(s->dir, "stream.json") : NULL;
   s->parts = calloc(cfg->partitions, sizeof(*s->parts));
   s->job.ends = calloc(cfg->partitions, sizeof(*s->job.ends));
   s->merge_cur = calloc(cfg->partitions, sizeof(*s->merge_cur));
   s->merge_pos = calloc(cfg->partitions, sizeof(*s->merge_pos));
   s->consumers = json_object();
   s->ids = json_object();
-  if (!s->name || !s->dir || !s->parts || !s->job.ends || !s->merge_cur || !s->merge_pos || !s->consumers ||
+  if (!s->name || !s->dir || !s->config_path || !s->parts || !s->job.ends || !s->merge_cur || !s->merge_pos || !s->consumers ||
       !s->ids) {
     stream_free(s);
     return NULL;
@@ -809,6 +821,7 @@ int sd_engine_create(struct sd_engine *e, const char *name, const struct sd_stre
       goto fail_dir;
     }
     pt->dir_dirty = 1;
+    pt->dirty = 1; /* the header */
   }
   if ((rc = stream_write_config(s)) != 0) goto fail_dir;
   if ((rc = register_stream(e, s)) != 0) goto fail_dir;
@@ -831,11 +844,15 @@ struct trash_req {
   uv_work_t req;
   struct sd_engine *e;
   char *path;
-  int rc;
+  struct sd_durable_op *op;
+  int sync_rc, rc;
 };
 
+/* Makes the rename out of streams/ durable, then removes the files. */
 static void trash_work(uv_work_t *req) {
   struct trash_req *r = req->data;
+  r->sync_rc = sd_fs_sync_dir(r->e->streams_dir);
+  if (r->sync_rc == 0) r->sync_rc = sd_fs_sync_dir(r->e->trash_dir);
   r->rc = sd_fs_remove_tree(r->path);
   if (r->rc == 0) r->rc = sd_fs_sync_dir(r->e->trash_dir);
 }
@@ -845,11 +862,12 @@ static void trash_after(uv_work_t *req, int status) {
   (void)status;
   if (r->rc != 0) SD_WARN("removing %s: %s", r->path, sd_strerror(r->rc));
   r->e->jobs_running--;
+  if (r->op) r->op->cb(r->op, r->sync_rc);
   free(r->path);
   free(r);
 }
 
-int sd_engine_delete(struct sd_engine *e, const char *name) {
+int sd_engine_delete(struct sd_engine *e, const char *name, struct sd_durable_op *op) {
   struct sd_stream *s = sd_engine_find(e, name);
   char tname[PATH_MAX];
   if (s == NULL) return SD_E_STREAM_NOT_FOUND;
@@ -875,11 +893,17 @@ int sd_engine_delete(struct sd_engine *e, const char *name) {
   if (r != NULL) {
     r->e = e;
     r->path = tpath;
+    r->op = op;
     r->req.data = r;
     e->jobs_running++;
     SD_ASSERT(uv_queue_work(e->loop, &r->req, trash_work, trash_after) == 0);
   } else {
     free(tpath);
+    if (op) {
+      sd_list_init(&op->node);
+      op->target = 0;
+      sd_list_push_back(&s->durable_ops, &op->node); /* completed just below */
+    }
   }
   complete_ops(s, UINT64_MAX, SD_E_STREAM_DELETED);
   wake_waiters(s, SD_E_STREAM_DELETED);
@@ -1223,7 +1247,7 @@ int sd_stream_read_merged(struct sd_stream *s, int64_t from, uint32_t limit, siz
 void sd_stream_consumer_seen(struct sd_stream *s, const char *consumer, uint32_t partition, uint64_t offset,
                              uint64_t now_ms) {
   char key[SD_MAX_NAME + 16];
-  snprintf(key, sizeof(key), "%s#%u", consumer, partition);
+  snprintf(key, sizeof(key), "%s#%05u", consumer, partition); /* sorts by partition number */
   json_t *v = json_object_get(s->consumers, key);
   if (v != NULL) {
     json_integer_set(json_array_get(v, 0), (json_int_t)offset);
@@ -1411,11 +1435,11 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
     }
     if (rep.cut_bytes) {
       if (rep.damaged)
-        SD_ERROR("stream %s partition %u: damage in sealed segment %s after offset %llu; %llu bytes unreadable",
+        SD_ERROR("stream %s partition %u: damage in sealed segment %s from offset %llu on; %llu bytes unreadable",
                  s->name, p->id, path, (unsigned long long)(seg->base + seg->count),
                  (unsigned long long)rep.cut_bytes);
       else
-        SD_WARN("stream %s partition %u: torn tail of %s cut after offset %llu", s->name, p->id, path,
+        SD_WARN("stream %s partition %u: torn tail of %s cut; the next offset is %llu", s->name, p->id, path,
                 (unsigned long long)(seg->base + seg->count));
     }
     if (!last && fdatasync(seg->fd) != 0) {
@@ -1481,6 +1505,21 @@ static int rebuild_ids(struct sd_stream *s) {
   return 0;
 }
 
+/* Moves a stream directory that cannot be loaded to <data>/damaged/, so
+ * that its files are kept for inspection and the name can be used again. */
+static void set_stream_aside(struct sd_engine *e, const char *name) {
+  char from[PATH_MAX], to[PATH_MAX];
+  snprintf(from, sizeof(from), "%s/%s", e->streams_dir, name);
+  snprintf(to, sizeof(to), "%s/damaged", e->data_dir);
+  if (sd_fs_mkdirs(to) != 0) return;
+  snprintf(to, sizeof(to), "%s/damaged/%llu-%llu", e->data_dir, (unsigned long long)sd_now_ms(),
+           (unsigned long long)++e->trash_seq);
+  if (rename(from, to) == 0)
+    SD_ERROR("stream %s: its files were moved to %s", name, to);
+  else
+    SD_ERROR("stream %s: cannot move %s aside: %s", name, from, strerror(errno));
+}
+
 static int load_stream(struct sd_engine *e, const char *name) {
   char path[PATH_MAX];
   json_error_t jerr;
@@ -1494,6 +1533,7 @@ static int load_stream(struct sd_engine *e, const char *name) {
                                &gen) != 0) {
     json_decref(j);
     SD_ERROR("stream %s: %s is missing or unreadable; stream not loaded", name, path);
+    set_stream_aside(e, name);
     return 0;
   }
   json_decref(j);
@@ -1503,6 +1543,7 @@ static int load_stream(struct sd_engine *e, const char *name) {
   cfg.max_events = (uint64_t)me;
   if (sd_name_check(name, strlen(name)) != 0 || config_check(&cfg) != 0) {
     SD_ERROR("stream %s: invalid settings in %s; stream not loaded", name, path);
+    set_stream_aside(e, name);
     return 0;
   }
   struct sd_stream *s = stream_alloc(e, name, &cfg);

@@ -292,6 +292,18 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->header_timeout_s);
 }
 
+/* With a body still incomplete, whether the client has already closed its
+ * side.  MHD (edge-triggered epoll) can miss an EOF that arrives together
+ * with the last body bytes and then holds the connection until it times
+ * out; a peek at the socket catches that case. */
+static int peer_gone(struct sd_req *req) {
+  const char *cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+  if (cl == NULL || req->body.len >= strtoull(cl, NULL, 10)) return 0;
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  char b;
+  return ci != NULL && recv(ci->connect_fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 /* ---- the access handler ------------------------------------------------- */
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -331,6 +343,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         req->body_error = -ENOMEM;
     }
     *upload_data_size = 0;
+    if (peer_gone(req)) return MHD_NO; /* closes the connection */
     return MHD_YES;
   }
   if (req->pending) {

@@ -321,6 +321,17 @@ static void on_create_durable(struct sd_durable_op *op, int status) {
   sd_req_finish(req, 201);
 }
 
+static void on_delete_durable(struct sd_durable_op *op, int status) {
+  struct sd_req *req = op->data;
+  if (status != 0 && status != SD_E_STREAM_DELETED) {
+    sd_req_error(req, status, "the stream was deleted but the deletion could not be synced", NULL);
+    return;
+  }
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "{\"success\":true}");
+  sd_req_finish(req, 200);
+}
+
 static void handle_stream(struct sd_req *req) {
   struct sd_engine *e = req->h->engine;
   const char *name = req->parts[1];
@@ -330,16 +341,15 @@ static void handle_stream(struct sd_req *req) {
   int created = 0, rc;
 
   if (is(req->method, "DELETE")) {
-    rc = sd_engine_delete(e, name);
-    if (rc != 0) {
-      char msg[320];
-      snprintf(msg, sizeof(msg), "stream '%s' does not exist", name);
-      sd_req_error(req, rc, rc == SD_E_STREAM_NOT_FOUND ? msg : NULL, NULL);
-      return;
-    }
-    sd_buf_reset(&req->out);
-    sd_buf_printf(&req->out, "{\"success\":true}");
-    sd_req_finish(req, 200);
+    if (find_stream(req) == NULL) return;
+    /* Answer once the deletion is durable. */
+    req->dop.cb = on_delete_durable;
+    req->dop.data = req;
+    rc = sd_engine_delete(e, name, &req->dop);
+    if (rc != 0)
+      sd_req_error(req, rc, NULL, NULL);
+    else
+      sd_req_suspend(req);
     return;
   }
   if (parse_body(req, 1, 0) != 0 || parse_stream_config(req, &cfg, &given) != 0) return;
@@ -397,6 +407,11 @@ static void handle_list(struct sd_req *req) {
   sd_req_finish(req, 200);
 }
 
+/* The last offset held, -1 when the partition holds nothing. */
+static long long max_offset(const struct sd_partition_stat *ps) {
+  return ps->next_offset > ps->min_offset ? (long long)ps->next_offset - 1 : -1;
+}
+
 struct totals {
   uint64_t count;
   uint64_t min;    /* minimum over partitions of min_offset */
@@ -413,7 +428,7 @@ static void stream_totals(struct sd_stream *s, struct totals *t) {
     sd_stream_partition_stat(s, p, &ps);
     t->count += ps.next_offset - ps.min_offset;
     if (ps.min_offset < t->min) t->min = ps.min_offset;
-    if ((int64_t)ps.next_offset - 1 > t->max) t->max = (int64_t)ps.next_offset - 1;
+    if (ps.next_offset > ps.min_offset && (int64_t)ps.next_offset - 1 > t->max) t->max = (int64_t)ps.next_offset - 1;
   }
 }
 
@@ -458,7 +473,7 @@ static void handle_stats(struct sd_req *req, struct sd_stream *s) {
     sd_stream_partition_stat(s, p, &ps);
     sd_buf_printf(b, "%s{\"partition\":%u,\"message_count\":%llu,\"min_offset\":%llu,\"max_offset\":%lld,\"bytes\":%llu",
                   p ? "," : "", p, (unsigned long long)(ps.next_offset - ps.min_offset),
-                  (unsigned long long)ps.min_offset, (long long)ps.next_offset - 1, (unsigned long long)ps.bytes);
+                  (unsigned long long)ps.min_offset, max_offset(&ps), (unsigned long long)ps.bytes);
     const char *ro = sd_stream_read_only_reason(s, p);
     if (ro) {
       SD_BUF_LIT(b, ",\"read_only\":");
@@ -771,7 +786,7 @@ static void out_of_range(struct sd_req *req, struct sd_stream *s) {
     struct sd_partition_stat ps;
     sd_stream_partition_stat(s, p, &ps);
     if (ps.min_offset > lo) lo = ps.min_offset;
-    if ((int64_t)ps.next_offset - 1 > hi) hi = (int64_t)ps.next_offset - 1;
+    if (max_offset(&ps) > hi) hi = max_offset(&ps);
   }
   snprintf(extra, sizeof(extra), "\"min_offset\":%llu,\"max_offset\":%lld", (unsigned long long)lo, (long long)hi);
   snprintf(msg, sizeof(msg), "offset %lld was removed by retention; the oldest offset is %llu", (long long)req->from,
@@ -997,29 +1012,58 @@ static void handle_ws(struct sd_req *req, struct sd_stream *s) {
 
 /* ---- metrics -------------------------------------------------------------------- */
 
-static void metrics_stream(void *arg, struct sd_stream *s) {
-  struct sd_req *req = arg;
-  struct sd_buf *b = &req->out;
-  struct sd_stream_stat st;
-  const char *name = sd_stream_name(s); /* names hold no character that needs escaping in a label */
-  sd_stream_stat(s, &st);
-  sd_buf_printf(b, "streamd_stream_published_events_total{stream=\"%s\"} %llu\n", name,
-                (unsigned long long)st.total_published);
-  sd_buf_printf(b, "streamd_stream_consumed_events_total{stream=\"%s\"} %llu\n", name,
-                (unsigned long long)st.total_consumed);
-  sd_buf_printf(b, "streamd_stream_subscribers{stream=\"%s\"} %u\n", name, st.subscribers);
+/* One metric family: its HELP/TYPE lines, then a sample per stream or
+ * per partition, so that each family's samples stay together as the text
+ * format requires. */
+struct metric {
+  const char *name, *type, *help;
+  int per_partition;
+  int which;
+};
+
+struct metric_ctx {
+  struct sd_req *req;
+  const struct metric *m;
+};
+
+enum { M_PUBLISHED, M_CONSUMED, M_SUBSCRIBERS, M_EVENTS, M_BYTES, M_MIN, M_MAX, M_READ_ONLY };
+
+static const struct metric metrics[] = {
+    {"streamd_stream_published_events_total", "counter", "Events appended since start-up.", 0, M_PUBLISHED},
+    {"streamd_stream_consumed_events_total", "counter", "Events sent to readers since start-up.", 0, M_CONSUMED},
+    {"streamd_stream_subscribers", "gauge", "WebSocket subscribers.", 0, M_SUBSCRIBERS},
+    {"streamd_partition_events", "gauge", "Events held.", 1, M_EVENTS},
+    {"streamd_partition_bytes", "gauge", "Record bytes held on disk.", 1, M_BYTES},
+    {"streamd_partition_min_offset", "gauge", "First readable offset.", 1, M_MIN},
+    {"streamd_partition_max_offset", "gauge", "Last offset held, -1 when empty.", 1, M_MAX},
+    {"streamd_partition_read_only", "gauge", "1 when a failed sync stopped writes.", 1, M_READ_ONLY},
+};
+
+static void metric_samples(void *arg, struct sd_stream *s) {
+  struct metric_ctx *x = arg;
+  struct sd_buf *b = &x->req->out;
+  const char *name = sd_stream_name(s); /* stream names need no escaping in a label */
+  if (!x->m->per_partition) {
+    struct sd_stream_stat st;
+    sd_stream_stat(s, &st);
+    unsigned long long v = x->m->which == M_PUBLISHED ? st.total_published
+                           : x->m->which == M_CONSUMED ? st.total_consumed
+                                                       : st.subscribers;
+    sd_buf_printf(b, "%s{stream=\"%s\"} %llu\n", x->m->name, name, v);
+    return;
+  }
   for (uint32_t p = 0; p < sd_stream_config(s)->partitions; p++) {
     struct sd_partition_stat ps;
+    long long v;
     sd_stream_partition_stat(s, p, &ps);
-    sd_buf_printf(b, "streamd_partition_events{stream=\"%s\",partition=\"%u\"} %llu\n", name, p,
-                  (unsigned long long)(ps.next_offset - ps.min_offset));
-    sd_buf_printf(b, "streamd_partition_bytes{stream=\"%s\",partition=\"%u\"} %llu\n", name, p,
-                  (unsigned long long)ps.bytes);
-    sd_buf_printf(b, "streamd_partition_min_offset{stream=\"%s\",partition=\"%u\"} %llu\n", name, p,
-                  (unsigned long long)ps.min_offset);
-    sd_buf_printf(b, "streamd_partition_max_offset{stream=\"%s\",partition=\"%u\"} %lld\n", name, p,
-                  (long long)ps.next_offset - 1);
-    sd_buf_printf(b, "streamd_partition_read_only{stream=\"%s\",partition=\"%u\"} %d\n", name, p, ps.read_only);
+    switch (x->m->which) {
+    case M_EVENTS: v = (long long)(ps.next_offset - ps.min_offset); break;
+    case M_BYTES: v = (long long)ps.bytes; break;
+    case M_MIN: v = (long long)ps.min_offset; break;
+    case M_MAX: v = max_offset(&ps); break;
+    default: v = ps.read_only; break;
+    }
+    sd_buf_printf(b, "%s{stream=\"%s\",partition=\"%u\"} %lld\n", x->m->name, name, p, v);
   }
 }
 
@@ -1039,34 +1083,40 @@ static void handle_metrics(struct sd_req *req) {
                 "streamd_http_requests_in_flight %zu\n"
                 "# HELP streamd_http_requests_waiting Long polls and publishes waiting for a sync.\n"
                 "# TYPE streamd_http_requests_waiting gauge\n"
-                "streamd_http_requests_waiting %zu\n",
+                "streamd_http_requests_waiting %zu\n"
+                "# HELP streamd_websocket_connections Open WebSocket connections.\n"
+                "# TYPE streamd_websocket_connections gauge\n"
+                "streamd_websocket_connections %zu\n",
                 (unsigned long long)((sd_now_ms() - req->h->started_ms) / 1000),
-                sd_engine_stream_count(req->h->engine), req->h->in_flight, req->h->waiting);
-  sd_buf_printf(b, "# HELP streamd_stream_published_events_total Events appended since start-up.\n"
-                   "# TYPE streamd_stream_published_events_total counter\n"
-                   "# HELP streamd_stream_consumed_events_total Events returned to readers since start-up.\n"
-                   "# TYPE streamd_stream_consumed_events_total counter\n"
-                   "# HELP streamd_stream_subscribers WebSocket subscribers.\n"
-                   "# TYPE streamd_stream_subscribers gauge\n"
-                   "# HELP streamd_partition_events Events held.\n"
-                   "# TYPE streamd_partition_events gauge\n"
-                   "# HELP streamd_partition_bytes Record bytes held on disk.\n"
-                   "# TYPE streamd_partition_bytes gauge\n"
-                   "# HELP streamd_partition_min_offset First readable offset.\n"
-                   "# TYPE streamd_partition_min_offset gauge\n"
-                   "# HELP streamd_partition_max_offset Last offset, -1 when empty.\n"
-                   "# TYPE streamd_partition_max_offset gauge\n"
-                   "# HELP streamd_partition_read_only 1 when a failed sync stopped writes.\n"
-                   "# TYPE streamd_partition_read_only gauge\n");
-  sd_engine_foreach(req->h->engine, metrics_stream, req);
+                sd_engine_stream_count(req->h->engine), req->h->in_flight, req->h->waiting,
+                sd_ws_server_count(req->h->ws));
+  for (size_t i = 0; i < sizeof(metrics) / sizeof(metrics[0]); i++) {
+    struct metric_ctx x = {req, &metrics[i]};
+    sd_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", metrics[i].name, metrics[i].help, metrics[i].name,
+                  metrics[i].type);
+    sd_engine_foreach(req->h->engine, metric_samples, &x);
+  }
   req->content_type = "text/plain; version=0.0.4; charset=utf-8";
   sd_req_finish(req, 200);
 }
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
+/* A body must be declared JSON: a browser can send other types across
+ * origins without a CORS preflight, application/json it cannot. */
+static int body_type_ok(struct sd_req *req) {
+  if (req->body.len == 0) return 1;
+  const char *ct = sd_req_header(req, MHD_HTTP_HEADER_CONTENT_TYPE);
+  if (ct != NULL && strncasecmp(ct, "application/json", 16) == 0 && (ct[16] == '\0' || ct[16] == ';' || ct[16] == ' '))
+    return 1;
+  sd_req_error(req, SD_E_UNSUPPORTED_MEDIA,
+               "the body must be sent with Content-Type: application/json", NULL);
+  return 0;
+}
+
 void sd_routes_dispatch(struct sd_req *req) {
   struct sd_stream *s;
+  if ((req->route == R_STREAM || req->route == R_PUBLISH) && !body_type_ok(req)) return;
   switch (req->route) {
   case R_OPTIONS:
     sd_buf_reset(&req->out);

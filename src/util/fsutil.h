@@ -9,6 +9,8 @@
 
 /* mkdir -p.  0 or -errno. */
 int sd_fs_mkdirs(const char *path);
+/* fsync of a file by name.  0 or -errno. */
+int sd_fs_sync_file(const char *path);
 /* fsync of a directory, making its entries durable.  0 or -errno. */
 int sd_fs_sync_dir(const char *path);
 /* Replaces dir/name with data: write "name.tmp", fsync it when do_sync,

@@ -262,7 +262,7 @@ static void test_engine_max_streams(void **state) {
   SD_TEST_RC(sd_engine_create(t->e, "c", NULL, 1, &s, &created), SD_E_TOO_MANY_STREAMS);
   /* An existing one is still returned. */
   SD_TEST_RC(sd_engine_create(t->e, "a", NULL, 0, &s, &created), 0);
-  SD_TEST_RC(sd_engine_delete(t->e, "a"), 0);
+  SD_TEST_RC(sd_engine_delete(t->e, "a", NULL), 0);
   create(t, "c", NULL);
 }
 
@@ -1415,7 +1415,7 @@ static void test_engine_delete_stream(void **state) {
   struct sd_test_durable *d = sd_test_when_durable(t, s);
   struct sd_test_waiter *w = sd_test_wait(t, s);
   sd_stream_ref(s);
-  SD_TEST_RC(sd_engine_delete(t->e, "gone"), 0);
+  SD_TEST_RC(sd_engine_delete(t->e, "gone", NULL), 0);
   assert_int_equal(d->fired, 1);
   SD_TEST_RC(d->status, SD_E_STREAM_DELETED);
   assert_int_equal(w->fired, 1);
@@ -1425,7 +1425,7 @@ static void test_engine_delete_stream(void **state) {
   assert_int_equal(sd_engine_stream_count(t->e), 1);
   SD_TEST_RC(sd_test_append1(s, "\"after\":1", NULL, NULL, -1, NULL), SD_E_STREAM_DELETED);
   sd_stream_unref(s);
-  SD_TEST_RC(sd_engine_delete(t->e, "gone"), SD_E_STREAM_NOT_FOUND);
+  SD_TEST_RC(sd_engine_delete(t->e, "gone", NULL), SD_E_STREAM_NOT_FOUND);
 
   /* Gone from streams/ at once, and from disk once the loop ran. */
   char path[PATH_MAX], trash[PATH_MAX];
@@ -1458,7 +1458,7 @@ static void test_engine_delete_then_reopen(void **state) {
   struct sd_test_env *t = env(state);
   struct sd_stream *s = create(t, "a", NULL);
   append_seq(t, s, 0, 0, 20);
-  SD_TEST_RC(sd_engine_delete(t->e, "a"), 0);
+  SD_TEST_RC(sd_engine_delete(t->e, "a", NULL), 0);
   SD_TEST_RC(sd_test_env_close(t), 0);
   /* Left-overs in the trash are emptied at start-up. */
   char junk[PATH_MAX];
@@ -1481,7 +1481,7 @@ static void test_engine_generation_strictly_increases(void **state) {
   uint64_t g1 = gen_of(create(t, "a", NULL));
   uint64_t g2 = gen_of(create(t, "b", NULL));
   assert_true(g2 > g1);
-  SD_TEST_RC(sd_engine_delete(t->e, "a"), 0);
+  SD_TEST_RC(sd_engine_delete(t->e, "a", NULL), 0);
   uint64_t g3 = gen_of(create(t, "a", NULL));
   assert_true(g3 > g2);
   SD_TEST_RC(sd_test_env_close(t), 0);
@@ -1491,14 +1491,14 @@ static void test_engine_generation_strictly_increases(void **state) {
   uint64_t g4 = gen_of(create(t, "c", NULL));
   assert_true(g4 > g3);
   /* Delete the newest ones, restart: numbers are not handed out again. */
-  SD_TEST_RC(sd_engine_delete(t->e, "c"), 0);
-  SD_TEST_RC(sd_engine_delete(t->e, "a"), 0);
+  SD_TEST_RC(sd_engine_delete(t->e, "c", NULL), 0);
+  SD_TEST_RC(sd_engine_delete(t->e, "a", NULL), 0);
   SD_TEST_RC(sd_test_env_close(t), 0);
   SD_TEST_RC(sd_test_env_open(t), 0);
   uint64_t g5 = gen_of(create(t, "a", NULL));
   assert_true(g5 > g4);
-  SD_TEST_RC(sd_engine_delete(t->e, "a"), 0);
-  SD_TEST_RC(sd_engine_delete(t->e, "b"), 0);
+  SD_TEST_RC(sd_engine_delete(t->e, "a", NULL), 0);
+  SD_TEST_RC(sd_engine_delete(t->e, "b", NULL), 0);
   SD_TEST_RC(sd_test_env_close(t), 0);
   SD_TEST_RC(sd_test_env_open(t), 0);
   assert_int_equal(sd_engine_stream_count(t->e), 0);

@@ -353,7 +353,7 @@ static void op_torn_tail(struct model *m, int si) {
 }
 
 static void op_delete(struct model *m, int si) {
-  int rc = sd_engine_delete(m->t->e, sname(si));
+  int rc = sd_engine_delete(m->t->e, sname(si), NULL);
   CHECK(m, rc == 0, "delete %s: %s", sname(si), sd_strerror(rc));
   mstream_clear(&m->s[si]);
 }
