@@ -34,7 +34,11 @@
   X(BUSY,                  -10020, 503, "busy",                   "too many requests waiting")          \
   X(CORRUPT_FILE,          -10021, 500, "corrupt_file",           "a data file is damaged")            \
   X(INVALID_HANDSHAKE,     -10022, 400, "invalid_handshake",      "not a valid WebSocket upgrade")      \
-  X(FORBIDDEN_ORIGIN,      -10023, 403, "forbidden_origin",       "Origin not allowed")
+  X(FORBIDDEN_ORIGIN,      -10023, 403, "forbidden_origin",       "Origin not allowed")                \
+  X(GROUP_NOT_FOUND,       -10024, 404, "group_not_found",        "group does not exist")               \
+  X(GROUP_EXISTS,          -10025, 409, "group_exists",           "group already exists")               \
+  X(CONSUMER_NOT_FOUND,    -10026, 404, "consumer_not_found",     "consumer is not in the group")       \
+  X(CONSUMER_REQUIRED,     -10027, 400, "consumer_required",      "a consumer name is required")
 
 enum {
 #define SD_ERR_ENUM(name, code, http, mcode, msg) SD_E_##name = (code),

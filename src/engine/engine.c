@@ -44,6 +44,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "engine/engine_internal.h"
 #include "storage/segment.h"
 #include "streamd/engine.h"
 #include "streamd/err.h"
@@ -86,6 +87,9 @@ struct sync_job {
   uint32_t ndirs, dircap;
   int write_meta;
   char *config_file;     /* stream.json to fsync, or NULL */
+  int glog_fd;           /* dup of groups.log to sync, or -1 */
+  const char *glog_from, *glog_to; /* a compaction's rename */
+  int glog_err;
 };
 
 struct dedup_entry {
@@ -123,6 +127,7 @@ struct sd_stream {
   uint32_t ring_head, ring_len, ring_cap;
   struct sd_record *merge_cur; /* scratch for merged reads, one per partition */
   uint64_t *merge_pos;
+  struct sd_groups *groups;   /* consumer groups and their log */
 };
 
 struct sd_engine {
@@ -229,6 +234,7 @@ static int meta_write(struct sd_engine *e) {
 /* ---- waiters and durable ops --------------------------------------------- */
 
 static void wake_waiters(struct sd_stream *s, int status) {
+  if (s->groups) sd_groups_wake(s->groups, status);
   struct sd_list local;
   sd_list_init(&local);
   sd_list_splice(&local, &s->waiters);
@@ -319,6 +325,7 @@ static void sync_work(uv_work_t *req) {
       if (rc != 0) SD_WARN("index for %s not written: %s (a scan will rebuild it)", seg->path, sd_strerror(rc));
     }
   }
+  if (j->glog_fd >= 0) j->glog_err = sd_groups_sync_work(j->glog_fd, j->glog_from, j->glog_to, j->s->dir);
   if (j->config_file) {
     int rc = sd_fs_sync_file(j->config_file);
     if (rc != 0 && j->ndirs > 0) j->dir_err[0] = rc;
@@ -378,6 +385,11 @@ static void sync_after(uv_work_t *req, int status) {
       }
     }
   }
+  if (j->glog_fd >= 0) {
+    if (j->glog_err != 0) failed = j->glog_err;
+    if (s->groups) sd_groups_sync_end(s->groups, j->glog_err);
+    j->glog_fd = -1;
+  }
   for (uint32_t i = 0; i < j->nsegs; i++) sd_segment_unref(j->segs[i]);
   j->nsegs = 0;
   j->ndirs = 0;
@@ -410,6 +422,8 @@ static int start_job(struct sd_stream *s) {
   j->ndirs = 0;
   j->write_meta = 0;
   j->config_file = NULL;
+  j->glog_fd = -1;
+  j->glog_err = 0;
   j->target_seq = s->write_seq;
   s->sync_wanted = 0;
   if (!s->deleted) {
@@ -427,6 +441,7 @@ static int start_job(struct sd_stream *s) {
         pt->dir_dirty = 0;
       }
     }
+    if (s->groups) j->glog_fd = sd_groups_sync_begin(s->groups, &j->glog_from, &j->glog_to);
     if (s->meta_dirty) {
       /* stream.json, the stream's entry in streams/, and meta.json */
       if ((rc = job_add_dir(j, s->dir)) != 0) goto fail;
@@ -496,7 +511,7 @@ static void on_interval(uv_timer_t *t) {
         want_sync(s);
         break;
       }
-    if (s->meta_dirty) want_sync(s);
+    if (s->meta_dirty || (s->groups && sd_groups_dirty(s->groups))) want_sync(s);
   }
 }
 
@@ -680,6 +695,7 @@ static inline uint64_t min_offset(const struct partition *p) { return p->segs[0]
 /* ---- streams: life cycle ---------------------------------------------------- */
 
 static void stream_free(struct sd_stream *s) {
+  sd_groups_free(s->groups);
   if (s->parts) {
     for (uint32_t p = 0; p < s->cfg.partitions; p++) {
       struct partition *pt = &s->parts[p];
@@ -824,6 +840,7 @@ int sd_engine_create(struct sd_engine *e, const char *name, const struct sd_stre
     pt->dirty = 1; /* the header */
   }
   if ((rc = stream_write_config(s)) != 0) goto fail_dir;
+  if ((rc = sd_groups_open(s, s->dir, &s->groups)) != 0) goto fail_dir;
   if ((rc = register_stream(e, s)) != 0) goto fail_dir;
   s->meta_dirty = 1;
   for (uint32_t p = 0; p < cfg->partitions; p++) start_prealloc(s, &s->parts[p]);
@@ -912,6 +929,12 @@ int sd_engine_delete(struct sd_engine *e, const char *name, struct sd_durable_op
 }
 
 /* ---- streams: accessors ---------------------------------------------------- */
+
+struct sd_groups *sd_stream_groups(const struct sd_stream *s) { return s->groups; }
+uv_loop_t *sd_stream_loop(const struct sd_stream *s) { return s->e->loop; }
+void sd_stream_request_sync(struct sd_stream *s) {
+  if (!s->deleted) want_sync(s);
+}
 
 int sd_stream_deleted(const struct sd_stream *s) { return s->deleted; }
 const char *sd_stream_name(const struct sd_stream *s) { return s->name; }
@@ -1366,6 +1389,7 @@ static void on_retention(uv_timer_t *t) {
   json_object_foreach(e->streams, key, v) {
     struct sd_stream *s = (struct sd_stream *)(uintptr_t)json_integer_value(v);
     for (uint32_t p = 0; p < s->cfg.partitions; p++) retention_partition(s, &s->parts[p], now);
+    if (s->groups) sd_groups_retention(s->groups);
     dedup_expire(s, now);
   }
 }
@@ -1559,7 +1583,8 @@ static int load_stream(struct sd_engine *e, const char *name) {
       return rc;
     }
   }
-  if ((rc = rebuild_ids(s)) != 0 || (rc = register_stream(e, s)) != 0) {
+  if ((rc = rebuild_ids(s)) != 0 || (rc = sd_groups_open(s, s->dir, &s->groups)) != 0 ||
+      (rc = register_stream(e, s)) != 0) {
     stream_free(s);
     return rc;
   }
@@ -1728,6 +1753,14 @@ int sd_engine_close(struct sd_engine *e) {
       sd_fs_sync_dir(pt->dir);
     }
     if (s->meta_dirty) sd_fs_sync_dir(s->dir);
+    if (s->groups) {
+      const char *from, *to;
+      int fd = sd_groups_sync_begin(s->groups, &from, &to);
+      if (fd >= 0) {
+        int rc = sd_groups_sync_work(fd, from, to, s->dir);
+        if (rc != 0 && first_err == 0) first_err = rc;
+      }
+    }
     complete_ops(s, UINT64_MAX, SD_E_SHUTTING_DOWN);
     wake_waiters(s, SD_E_SHUTTING_DOWN);
     stream_free(s);

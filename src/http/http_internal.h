@@ -63,6 +63,7 @@ struct sd_req {
   unsigned status;            /* of the pending response */
   const char *content_type;   /* static string; NULL: application/json */
   struct sd_stream *stream;   /* referenced while suspended */
+  struct sd_group *group;     /* referenced while suspended */
   struct sd_durable_op dop;
   struct sd_waiter waiter;
   uv_timer_t wait_timer;

@@ -16,6 +16,7 @@
 #include "http_internal.h"
 #include "jspan.h"
 #include "streamd/err.h"
+#include "streamd/group.h"
 #include "streamd/log.h"
 
 enum route {
@@ -31,6 +32,13 @@ enum route {
   R_CONSUME,
   R_METRICS,
   R_WS,
+  R_GROUPS,
+  R_GROUP,
+  R_GROUP_INFO,
+  R_GROUP_CONSUME,
+  R_GROUP_ACK,
+  R_GROUP_DEAD,
+  R_GROUP_LEAVE,
 };
 
 #define MAX_LIMIT 10000
@@ -241,10 +249,29 @@ int sd_routes_match(struct sd_req *req) {
     } else if (n == 4 && is(v[2], "ws")) {
       route = R_WS;
       allowed = is(m, "GET");
+    } else if (n == 3 && is(v[2], "groups")) {
+      route = R_GROUPS;
+      allowed = is(m, "GET") || is(m, "HEAD");
+    } else if (n == 4 && is(v[2], "group")) {
+      route = R_GROUP;
+      allowed = is(m, "POST") || is(m, "DELETE");
+    } else if (n == 5 && is(v[2], "group")) {
+      if (is(v[4], "info") || is(v[4], "consume") || is(v[4], "dead")) {
+        route = is(v[4], "info") ? R_GROUP_INFO : is(v[4], "consume") ? R_GROUP_CONSUME : R_GROUP_DEAD;
+        allowed = is(m, "GET") || is(m, "HEAD");
+      } else if (is(v[4], "ack")) {
+        route = R_GROUP_ACK;
+        allowed = is(m, "POST");
+      }
+    } else if (n == 6 && is(v[2], "group") && is(v[4], "consumer")) {
+      route = R_GROUP_LEAVE;
+      allowed = is(m, "DELETE");
     }
     if (route != R_NONE) {
       if (check_name(req, v[1], "stream") != 0) return -1;
       if ((route == R_CONSUME || route == R_WS) && check_name(req, v[3], "consumer") != 0) return -1;
+      if (route >= R_GROUP && check_name(req, v[3], "group") != 0) return -1;
+      if (route == R_GROUP_LEAVE && check_name(req, v[5], "consumer") != 0) return -1;
     }
   }
 not_found:
@@ -915,10 +942,17 @@ static void handle_consume(struct sd_req *req, struct sd_stream *s) {
   }
 }
 
+static void group_consume_run(struct sd_req *req, int final);
+
 void sd_routes_wake(struct sd_req *req) {
-  if (req->route != R_CONSUME || !req->suspended) return;
-  sd_stream_wait_cancel(&req->waiter);
-  consume_run(req, 1);
+  if (!req->suspended) return;
+  if (req->route == R_CONSUME) {
+    sd_stream_wait_cancel(&req->waiter);
+    consume_run(req, 1);
+  } else if (req->route == R_GROUP_CONSUME && req->group) {
+    sd_stream_wait_cancel(&req->waiter);
+    group_consume_run(req, 1);
+  }
 }
 
 /* ---- WebSocket subscribe ------------------------------------------------------------ */
@@ -1008,6 +1042,402 @@ static void handle_ws(struct sd_req *req, struct sd_stream *s) {
     return;
   }
   sd_req_upgrade(req, conn, accept);
+}
+
+/* ---- consumer groups -------------------------------------------------------------- */
+
+static void groups_one(void *arg, struct sd_group *g) {
+  struct sd_req *req = arg;
+  if (req->out.data[req->out.len - 1] != '[') SD_BUF_LIT(&req->out, ",");
+  sd_json_str(&req->out, sd_group_name(g), strlen(sd_group_name(g)));
+}
+
+static void handle_groups(struct sd_req *req, struct sd_stream *s) {
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "{\"groups\":[");
+  sd_group_foreach(s, groups_one, req);
+  SD_BUF_LIT(&req->out, "]}");
+  sd_req_finish(req, 200);
+}
+
+static void on_group_durable(struct sd_durable_op *op, int status) {
+  struct sd_req *req = op->data;
+  if (status != 0) {
+    sd_req_error(req, status, status == SD_E_STREAM_DELETED ? "the stream was deleted" : "the change could not be synced",
+                 NULL);
+    return;
+  }
+  sd_req_finish(req, req->status);
+}
+
+/* Answers with req->out and status once the groups log is synced (in
+ * `always` and `interval` modes), at once in `never` mode. */
+static void finish_durable(struct sd_req *req, struct sd_stream *s, unsigned status) {
+  if (sd_engine_options(req->h->engine)->durability == SD_DURABILITY_NEVER) {
+    sd_req_finish(req, status);
+    return;
+  }
+  req->status = status;
+  if (req->stream == NULL) hold_stream(req, s);
+  req->dop.cb = on_group_durable;
+  req->dop.data = req;
+  sd_req_suspend(req);
+  sd_stream_when_durable(s, &req->dop);
+}
+
+static int parse_group_config(struct sd_req *req, struct sd_group_config *cfg) {
+  sd_group_config_default(cfg);
+  if (req->json == NULL) return 0;
+  if (!json_is_object(req->json)) {
+    sd_req_error(req, SD_E_INVALID_JSON, "the body must be a JSON object", NULL);
+    return -1;
+  }
+  static const struct {
+    const char *name, *a, *b;
+  } choices[] = {{"start", "earliest", "latest"}, {"mode", "shared", "partitioned"}, {"ack", "auto", "explicit"}};
+  int *fields[] = {&cfg->start_latest, &cfg->partitioned, &cfg->explicit_ack};
+  for (int i = 0; i < 3; i++) {
+    json_t *x = json_object_get(req->json, choices[i].name);
+    if (x == NULL) continue;
+    const char *v = json_string_value(x);
+    if (v == NULL || (!is(v, choices[i].a) && !is(v, choices[i].b))) {
+      bad_field(req, SD_E_INVALID_PARAMETER, choices[i].name, "'%s' must be \"%s\" or \"%s\"", choices[i].name,
+                choices[i].a, choices[i].b);
+      return -1;
+    }
+    *fields[i] = is(v, choices[i].b);
+  }
+  static const struct {
+    const char *name;
+    int64_t min, max;
+  } nums[] = {{"ack_timeout_ms", 1, 86400000}, {"max_deliveries", 0, 65535}, {"session_timeout_ms", 1, 86400000}};
+  for (int i = 0; i < 3; i++) {
+    json_t *x = json_object_get(req->json, nums[i].name);
+    if (x == NULL) continue;
+    if (!json_is_integer(x) || json_integer_value(x) < nums[i].min || json_integer_value(x) > nums[i].max) {
+      bad_field(req, SD_E_INVALID_PARAMETER, nums[i].name, "'%s' must be a whole number from %lld to %lld",
+                nums[i].name, (long long)nums[i].min, (long long)nums[i].max);
+      return -1;
+    }
+    uint64_t v = (uint64_t)json_integer_value(x);
+    if (i == 0) cfg->ack_timeout_ms = v;
+    else if (i == 1) cfg->max_deliveries = (uint32_t)v;
+    else cfg->session_timeout_ms = v;
+  }
+  return 0;
+}
+
+static void handle_group(struct sd_req *req, struct sd_stream *s) {
+  const char *name = req->parts[3];
+  struct sd_group_config cfg;
+  struct sd_group *g;
+  int rc;
+  if (is(req->method, "DELETE")) {
+    rc = sd_group_delete(s, name);
+    if (rc != 0) {
+      char msg[320];
+      snprintf(msg, sizeof(msg), "group '%s' does not exist", name);
+      sd_req_error(req, rc, rc == SD_E_GROUP_NOT_FOUND ? msg : NULL, NULL);
+      return;
+    }
+    sd_buf_reset(&req->out);
+    SD_BUF_LIT(&req->out, "{\"success\":true}");
+    finish_durable(req, s, 200);
+    return;
+  }
+  if (parse_body(req, 1, 0) != 0 || parse_group_config(req, &cfg) != 0) return;
+  rc = sd_group_create(s, name, &cfg, &g);
+  if (rc != 0) {
+    char msg[320];
+    snprintf(msg, sizeof(msg), "group '%s' already exists", name);
+    sd_req_error(req, rc, rc == SD_E_GROUP_EXISTS ? msg : NULL, NULL);
+    return;
+  }
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "{\"success\":true,\"group\":");
+  sd_json_str(&req->out, name, strlen(name));
+  SD_BUF_LIT(&req->out, "}");
+  finish_durable(req, s, 201);
+}
+
+struct group_info_ctx {
+  struct sd_buf *b;
+  int n;
+};
+
+static void info_consumer_name(void *arg, const char *name, uint64_t last_seen, const uint32_t *parts, uint32_t np) {
+  struct group_info_ctx *x = arg;
+  (void)last_seen;
+  (void)parts;
+  (void)np;
+  if (x->n++) SD_BUF_LIT(x->b, ",");
+  sd_json_str(x->b, name, strlen(name));
+}
+
+static void info_assignment(void *arg, const char *name, uint64_t last_seen, const uint32_t *parts, uint32_t np) {
+  struct group_info_ctx *x = arg;
+  (void)last_seen;
+  if (x->n++) SD_BUF_LIT(x->b, ",");
+  sd_json_str(x->b, name, strlen(name));
+  SD_BUF_LIT(x->b, ":[");
+  for (uint32_t i = 0; i < np; i++) sd_buf_printf(x->b, "%s%u", i ? "," : "", parts[i]);
+  SD_BUF_LIT(x->b, "]");
+}
+
+static void info_consumer_seen(void *arg, const char *name, uint64_t last_seen, const uint32_t *parts, uint32_t np) {
+  struct group_info_ctx *x = arg;
+  (void)parts;
+  (void)np;
+  if (x->n++) SD_BUF_LIT(x->b, ",");
+  SD_BUF_LIT(x->b, "{\"consumer\":");
+  sd_json_str(x->b, name, strlen(name));
+  sd_buf_printf(x->b, ",\"last_seen\":%llu}", (unsigned long long)last_seen);
+}
+
+static void handle_group_info(struct sd_req *req, struct sd_stream *s, struct sd_group *g) {
+  const struct sd_group_config *c = sd_group_config(g);
+  struct sd_group_stat st;
+  struct sd_buf *b = &req->out;
+  struct group_info_ctx x = {b, 0};
+  sd_group_stat(g, &st);
+  sd_buf_reset(b);
+  SD_BUF_LIT(b, "{\"group\":");
+  sd_json_str(b, sd_group_name(g), strlen(sd_group_name(g)));
+  sd_buf_printf(b, ",\"mode\":\"%s\",\"ack\":\"%s\",\"ack_timeout_ms\":%llu,\"max_deliveries\":%u,"
+                   "\"session_timeout_ms\":%llu,\"consumers\":[",
+                c->partitioned ? "partitioned" : "shared", c->explicit_ack ? "explicit" : "auto",
+                (unsigned long long)c->ack_timeout_ms, c->max_deliveries, (unsigned long long)c->session_timeout_ms);
+  sd_group_consumers(g, info_consumer_name, &x);
+  sd_buf_printf(b, "],\"pending_messages\":%llu,\"dead_messages\":%llu,\"skipped_messages\":%llu,\"partitions\":[",
+                (unsigned long long)st.pending, (unsigned long long)st.dead, (unsigned long long)st.skipped);
+  for (uint32_t p = 0; p < sd_stream_config(s)->partitions; p++) {
+    struct sd_partition_stat ps;
+    sd_stream_partition_stat(s, p, &ps);
+    uint64_t committed = sd_group_committed(g, p);
+    sd_buf_printf(b, "%s{\"partition\":%u,\"committed_offset\":%llu,\"lag\":%llu}", p ? "," : "", p,
+                  (unsigned long long)committed,
+                  (unsigned long long)(ps.next_offset > committed ? ps.next_offset - committed : 0));
+  }
+  SD_BUF_LIT(b, "],\"assignments\":{");
+  x.n = 0;
+  if (c->partitioned) sd_group_consumers(g, info_assignment, &x);
+  SD_BUF_LIT(b, "},\"consumer_details\":[");
+  x.n = 0;
+  sd_group_consumers(g, info_consumer_seen, &x);
+  SD_BUF_LIT(b, "]}");
+  sd_req_finish(req, 200);
+}
+
+/* An event as served, with "deliveries" added before the closing brace. */
+static int append_group_record(void *arg, const struct sd_record *rec, uint32_t deliveries) {
+  struct sd_req *req = arg;
+  struct sd_buf *b = &req->out;
+  if (sd_buf_reserve(b, rec->json_len + 32) != 0) return 1;
+  if (b->data[b->len - 1] != '[') b->data[b->len++] = ',';
+  memcpy(b->data + b->len, rec->json, rec->json_len - 1);
+  b->len += rec->json_len - 1;
+  sd_buf_printf(b, ",\"deliveries\":%u}", deliveries);
+  sd_stream_count_consumed(sd_group_stream(req->group), 1);
+  return 0;
+}
+
+static void group_wake_cb(struct sd_waiter *w, int status);
+static void group_timer_cb(uv_timer_t *t);
+
+static void group_consume_run(struct sd_req *req, int final) {
+  struct sd_group *g = req->group;
+  const char *consumer = req->consumer[0] ? req->consumer : NULL;
+  if (sd_group_deleted(g)) {
+    uv_timer_stop(&req->wait_timer);
+    sd_req_error(req, SD_E_GROUP_NOT_FOUND, "the group or its stream was deleted", NULL);
+    return;
+  }
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "[");
+  int rc = sd_group_fetch(g, consumer, req->limit, req->h->cfg->max_body_bytes, append_group_record, req);
+  if (rc < 0) {
+    if (req->wait_timer_init) uv_timer_stop(&req->wait_timer);
+    sd_req_error(req, rc, rc == SD_E_CONSUMER_REQUIRED ? "a partitioned group needs ?consumer=NAME" : NULL, NULL);
+    return;
+  }
+  if (rc == 0 && !final && !req->h->quiescing) {
+    if (!req->suspended) sd_req_suspend(req);
+    req->waiter.cb = group_wake_cb;
+    req->waiter.data = req;
+    sd_group_wait(g, &req->waiter);
+    return;
+  }
+  SD_BUF_LIT(&req->out, "]");
+  if (req->wait_timer_init) uv_timer_stop(&req->wait_timer);
+  /* In auto-ack mode delivery is the commit: answer once it is synced. */
+  if (rc > 0 && !sd_group_config(g)->explicit_ack)
+    finish_durable(req, sd_group_stream(g), 200);
+  else
+    sd_req_finish(req, 200);
+}
+
+static void group_timer_cb(uv_timer_t *t) {
+  struct sd_req *req = t->data;
+  sd_stream_wait_cancel(&req->waiter);
+  group_consume_run(req, 1);
+}
+
+static void group_wake_cb(struct sd_waiter *w, int status) {
+  struct sd_req *req = w->data;
+  if (status != 0) {
+    uv_timer_stop(&req->wait_timer);
+    sd_req_error(req, status == SD_E_STREAM_DELETED ? SD_E_STREAM_NOT_FOUND : status, NULL, NULL);
+    return;
+  }
+  group_consume_run(req, 0);
+}
+
+static void handle_group_consume(struct sd_req *req, struct sd_stream *s, struct sd_group *g) {
+  const struct sd_config *cfg = req->h->cfg;
+  int64_t limit = DEFAULT_LIMIT, wait_ms = 0;
+  const char *consumer = sd_req_arg(req, "consumer");
+  if (arg_int(req, "limit", 1, &limit) != 0 || arg_int(req, "wait_ms", 0, &wait_ms) != 0) return;
+  if (consumer && sd_name_check(consumer, strlen(consumer)) != 0) {
+    check_name(req, consumer, "consumer");
+    return;
+  }
+  if (limit > MAX_LIMIT) limit = MAX_LIMIT;
+  if (wait_ms > cfg->max_wait_ms) wait_ms = cfg->max_wait_ms;
+  snprintf(req->consumer, sizeof(req->consumer), "%s", consumer ? consumer : "");
+  req->limit = (uint32_t)limit;
+  hold_stream(req, s);
+  sd_group_ref(g);
+  req->group = g;
+  if (wait_ms > 0) {
+    if (req->h->waiting >= cfg->max_waiting) {
+      sd_req_error(req, SD_E_BUSY, NULL, NULL);
+      return;
+    }
+    if (!req->wait_timer_init) {
+      uv_timer_init(req->h->loop, &req->wait_timer);
+      req->wait_timer.data = req;
+      req->wait_timer_init = 1;
+    }
+    uv_timer_start(&req->wait_timer, group_timer_cb, (uint64_t)wait_ms, 0);
+    group_consume_run(req, 0);
+  } else {
+    group_consume_run(req, 1);
+  }
+}
+
+/* One ack: {"partition":P,"offset":O} or {"partition":P,"from":F,"to":T}. */
+static int ack_one(struct sd_req *req, struct sd_group *g, const char *consumer, json_t *a, uint64_t *total) {
+  json_t *p = json_object_get(a, "partition"), *o = json_object_get(a, "offset");
+  json_t *f = json_object_get(a, "from"), *t = json_object_get(a, "to");
+  uint64_t acked;
+  if (!json_is_object(a) || (p && !json_is_integer(p)) || !(json_is_integer(o) || (json_is_integer(f) && json_is_integer(t)))) {
+    bad_field(req, SD_E_INVALID_PARAMETER, "acks",
+              "each ack is {\"partition\":P,\"offset\":O} or {\"partition\":P,\"from\":F,\"to\":T}");
+    return -1;
+  }
+  json_int_t pv = p ? json_integer_value(p) : 0;
+  json_int_t lo = o ? json_integer_value(o) : json_integer_value(f);
+  json_int_t hi = o ? json_integer_value(o) : json_integer_value(t);
+  if (pv < 0 || pv >= (json_int_t)sd_stream_config(sd_group_stream(g))->partitions || lo < 0 || hi < lo) {
+    bad_field(req, SD_E_INVALID_PARAMETER, "partition", "ack names a partition the stream does not have, or an empty range");
+    return -1;
+  }
+  int rc = sd_group_ack(g, consumer, (uint32_t)pv, (uint64_t)lo, (uint64_t)hi, &acked);
+  if (rc != 0) {
+    sd_req_error(req, rc, NULL, NULL);
+    return -1;
+  }
+  *total += acked;
+  return 0;
+}
+
+static void handle_group_ack(struct sd_req *req, struct sd_stream *s, struct sd_group *g) {
+  uint64_t total = 0;
+  if (parse_body(req, 0, 0) != 0) return;
+  if (!json_is_object(req->json)) {
+    sd_req_error(req, SD_E_INVALID_JSON, "the body must be a JSON object", NULL);
+    return;
+  }
+  json_t *jc = json_object_get(req->json, "consumer");
+  const char *consumer = json_string_value(jc);
+  if (jc && (consumer == NULL || sd_name_check(consumer, strlen(consumer)) != 0)) {
+    bad_field(req, SD_E_INVALID_NAME, "consumer", "'consumer' must be a consumer name");
+    return;
+  }
+  json_t *acks = json_object_get(req->json, "acks");
+  if (acks) {
+    size_t i;
+    json_t *a;
+    if (!json_is_array(acks)) {
+      bad_field(req, SD_E_INVALID_PARAMETER, "acks", "'acks' must be an array");
+      return;
+    }
+    json_array_foreach(acks, i, a) if (ack_one(req, g, consumer, a, &total) != 0) return;
+  } else if (ack_one(req, g, consumer, req->json, &total) != 0) {
+    return;
+  }
+  sd_buf_reset(&req->out);
+  sd_buf_printf(&req->out, "{\"success\":true,\"acked\":%llu}", (unsigned long long)total);
+  if (total == 0)
+    sd_req_finish(req, 200);
+  else
+    finish_durable(req, s, 200);
+}
+
+static void handle_group_dead(struct sd_req *req, struct sd_group *g) {
+  int64_t limit = 100;
+  if (arg_int(req, "limit", 1, &limit) != 0) return;
+  if (limit > MAX_LIMIT) limit = MAX_LIMIT;
+  sd_buf_reset(&req->out);
+  SD_BUF_LIT(&req->out, "{\"events\":[");
+  req->group = g;
+  sd_group_ref(g);
+  int rc = sd_group_dead(g, (uint32_t)limit, append_group_record, req);
+  if (rc < 0) {
+    sd_req_error(req, rc, NULL, NULL);
+    return;
+  }
+  SD_BUF_LIT(&req->out, "]}");
+  sd_req_finish(req, 200);
+}
+
+static void handle_group_route(struct sd_req *req, struct sd_stream *s) {
+  struct sd_group *g = sd_group_find(s, req->parts[3]);
+  if (g == NULL) {
+    char msg[320];
+    snprintf(msg, sizeof(msg), "group '%s' does not exist", req->parts[3]);
+    sd_req_error(req, SD_E_GROUP_NOT_FOUND, msg, NULL);
+    return;
+  }
+  switch (req->route) {
+  case R_GROUP_INFO:
+    handle_group_info(req, s, g);
+    break;
+  case R_GROUP_CONSUME:
+    handle_group_consume(req, s, g);
+    break;
+  case R_GROUP_ACK:
+    handle_group_ack(req, s, g);
+    break;
+  case R_GROUP_DEAD:
+    handle_group_dead(req, g);
+    break;
+  case R_GROUP_LEAVE: {
+    int rc = sd_group_leave(g, req->parts[5]);
+    if (rc != 0) {
+      char msg[320];
+      snprintf(msg, sizeof(msg), "consumer '%s' is not in group '%s'", req->parts[5], req->parts[3]);
+      sd_req_error(req, rc, rc == SD_E_CONSUMER_NOT_FOUND ? msg : NULL, NULL);
+      return;
+    }
+    sd_buf_reset(&req->out);
+    SD_BUF_LIT(&req->out, "{\"success\":true}");
+    finish_durable(req, s, 200);
+    break;
+  }
+  default:
+    sd_req_error(req, SD_E_NOT_FOUND, "no such route", NULL);
+  }
 }
 
 /* ---- metrics -------------------------------------------------------------------- */
@@ -1116,7 +1546,9 @@ static int body_type_ok(struct sd_req *req) {
 
 void sd_routes_dispatch(struct sd_req *req) {
   struct sd_stream *s;
-  if ((req->route == R_STREAM || req->route == R_PUBLISH) && !body_type_ok(req)) return;
+  if ((req->route == R_STREAM || req->route == R_PUBLISH || req->route == R_GROUP || req->route == R_GROUP_ACK) &&
+      !body_type_ok(req))
+    return;
   switch (req->route) {
   case R_OPTIONS:
     sd_buf_reset(&req->out);
@@ -1160,13 +1592,23 @@ void sd_routes_dispatch(struct sd_req *req) {
   case R_WS:
     handle_ws(req, s);
     break;
+  case R_GROUPS:
+    handle_groups(req, s);
+    break;
+  case R_GROUP:
+    handle_group(req, s);
+    break;
   default:
-    sd_req_error(req, SD_E_NOT_FOUND, "no such route", NULL);
+    handle_group_route(req, s);
     break;
   }
 }
 
 void sd_routes_release(struct sd_req *req) {
+  if (req->group) {
+    sd_group_unref(req->group);
+    req->group = NULL;
+  }
   if (req->ws) {
     sd_ws_conn_discard(req->ws); /* frees it only if the upgrade never happened */
     req->ws = NULL;
