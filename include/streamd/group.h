@@ -71,6 +71,9 @@ int sd_group_ack(struct sd_group *g, const char *consumer, uint32_t partition, u
  * partitions are rebalanced.  SD_E_CONSUMER_NOT_FOUND. */
 int sd_group_leave(struct sd_group *g, const char *consumer);
 
+/* Pending events last delivered to consumer. */
+uint32_t sd_group_pending_of(const struct sd_group *g, const char *consumer);
+
 /* Marks consumer as seen now (joining it if new). */
 void sd_group_touch(struct sd_group *g, const char *consumer);
 

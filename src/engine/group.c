@@ -509,6 +509,21 @@ static void skip_removed(struct sd_group *g, uint32_t p) {
           sd_stream_name(g->gs->s), g->name, p, (unsigned long long)n);
 }
 
+uint32_t sd_group_pending_of(const struct sd_group *cg, const char *consumer) {
+  struct sd_group *g = (struct sd_group *)cg;
+  struct gcons *c = cons_find(g, consumer);
+  uint32_t n = 0;
+  if (c == NULL) return 0;
+  for (uint32_t p = 0; p < g->np; p++) {
+    struct gpart *gp = &g->parts[p];
+    for (uint32_t i = 0; i < win_len(gp); i++) {
+      struct gentry *e = win_at(gp, i);
+      if (e->state == E_PENDING && e->consumer == c->id) n++;
+    }
+  }
+  return n;
+}
+
 void sd_group_touch(struct sd_group *g, const char *consumer) {
   if (consumer) cons_join(g, consumer, sd_now_ms());
 }

@@ -39,6 +39,7 @@ enum route {
   R_GROUP_ACK,
   R_GROUP_DEAD,
   R_GROUP_LEAVE,
+  R_GROUP_WS,
 };
 
 #define MAX_LIMIT 10000
@@ -266,12 +267,15 @@ int sd_routes_match(struct sd_req *req) {
     } else if (n == 6 && is(v[2], "group") && is(v[4], "consumer")) {
       route = R_GROUP_LEAVE;
       allowed = is(m, "DELETE");
+    } else if (n == 6 && is(v[2], "group") && is(v[4], "ws")) {
+      route = R_GROUP_WS;
+      allowed = is(m, "GET");
     }
     if (route != R_NONE) {
       if (check_name(req, v[1], "stream") != 0) return -1;
       if ((route == R_CONSUME || route == R_WS) && check_name(req, v[3], "consumer") != 0) return -1;
       if (route >= R_GROUP && check_name(req, v[3], "group") != 0) return -1;
-      if (route == R_GROUP_LEAVE && check_name(req, v[5], "consumer") != 0) return -1;
+      if ((route == R_GROUP_LEAVE || route == R_GROUP_WS) && check_name(req, v[5], "consumer") != 0) return -1;
     }
   }
 not_found:
@@ -972,35 +976,42 @@ static int has_token(const char *value, const char *token) {
   return 0;
 }
 
-static void handle_ws(struct sd_req *req, struct sd_stream *s) {
-  const struct sd_stream_config *c = sd_stream_config(s);
+/* Checks the upgrade request and computes the accept key; answers the
+ * error and returns -1 when it is not acceptable. */
+static int ws_handshake(struct sd_req *req, char accept[29]) {
   const char *upgrade = sd_req_header(req, "Upgrade");
   const char *connection = sd_req_header(req, "Connection");
   const char *version = sd_req_header(req, "Sec-WebSocket-Version");
   const char *origin = sd_req_header(req, "Origin");
-  char accept[29];
-  int64_t from = 0, partition = -1;
-  int rc;
-
   if (upgrade == NULL || strcasecmp(upgrade, "websocket") != 0 || connection == NULL ||
       !has_token(connection, "upgrade")) {
     sd_req_error(req, SD_E_INVALID_HANDSHAKE, "this route needs a WebSocket upgrade (Upgrade: websocket)", NULL);
-    return;
+    return -1;
   }
   if (version == NULL || strcmp(version, "13") != 0) {
     sd_req_error(req, SD_E_INVALID_HANDSHAKE, "Sec-WebSocket-Version must be 13", NULL);
-    return;
+    return -1;
   }
   if (sd_ws_accept_key(sd_req_header(req, "Sec-WebSocket-Key"), accept) != 0) {
     sd_req_error(req, SD_E_INVALID_HANDSHAKE, "Sec-WebSocket-Key must be 16 bytes in base64", NULL);
-    return;
+    return -1;
   }
   if (origin != NULL && !sd_req_origin_allowed(req, origin)) {
     char msg[400];
     snprintf(msg, sizeof(msg), "Origin '%.300s' is not allowed", origin);
     sd_req_error(req, SD_E_FORBIDDEN_ORIGIN, msg, NULL);
-    return;
+    return -1;
   }
+  return 0;
+}
+
+static void handle_ws(struct sd_req *req, struct sd_stream *s) {
+  const struct sd_stream_config *c = sd_stream_config(s);
+  char accept[29];
+  int64_t from = 0, partition = -1;
+  int rc;
+
+  if (ws_handshake(req, accept) != 0) return;
   int has_from = sd_req_arg(req, "from_offset") != NULL;
   if (arg_int(req, "from_offset", INT64_MIN, &from) != 0 || arg_int(req, "partition", 0, &partition) != 0) return;
   if (partition >= (int64_t)c->partitions) {
@@ -1422,6 +1433,19 @@ static void handle_group_route(struct sd_req *req, struct sd_stream *s) {
   case R_GROUP_DEAD:
     handle_group_dead(req, g);
     break;
+  case R_GROUP_WS: {
+    char accept[29];
+    int64_t prefetch = 100;
+    if (ws_handshake(req, accept) != 0 || arg_int(req, "prefetch", 1, &prefetch) != 0) return;
+    if (prefetch > MAX_LIMIT) prefetch = MAX_LIMIT;
+    struct sd_ws_conn *conn = sd_ws_conn_new_group(req->h->ws, g, req->parts[5], (uint32_t)prefetch);
+    if (conn == NULL) {
+      sd_req_error(req, -ENOMEM, NULL, NULL);
+      return;
+    }
+    sd_req_upgrade(req, conn, accept);
+    break;
+  }
   case R_GROUP_LEAVE: {
     int rc = sd_group_leave(g, req->parts[5]);
     if (rc != 0) {

@@ -24,6 +24,8 @@
 
 #include "streamd/buf.h"
 #include "streamd/err.h"
+#include "streamd/group.h"
+#include <jansson.h>
 #include "streamd/list.h"
 #include "streamd/log.h"
 
@@ -37,6 +39,7 @@ struct sd_ws_server {
   void *kick_arg;
   struct sd_list conns;
   size_t count;
+  struct sd_buf scratch;  /* one group frame being built */
   uv_timer_t ping;
   int closing;
   int freeing;
@@ -56,6 +59,9 @@ struct sd_ws_conn {
   int poll_events;
   wslay_event_context_ptr ctx;
   struct sd_stream *stream;
+  struct sd_group *group;   /* a group consumer; NULL: a plain subscriber */
+  uint32_t prefetch;        /* group: most unacked events */
+  uint32_t inflight;        /* group: delivered here, not yet acked here */
   int32_t partition;  /* -1: every partition */
   uint32_t nparts;
   uint32_t rr;
@@ -135,11 +141,39 @@ static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
   return (ssize_t)len;
 }
 
+static int ack_item(struct sd_ws_conn *c, json_t *a) {
+  json_t *p = json_object_get(a, "partition"), *o = json_object_get(a, "offset");
+  json_t *f = json_object_get(a, "from"), *t = json_object_get(a, "to");
+  json_int_t pv = p ? json_integer_value(p) : 0;
+  json_int_t lo = json_is_integer(o) ? json_integer_value(o) : json_integer_value(f);
+  json_int_t hi = json_is_integer(o) ? json_integer_value(o) : json_integer_value(t);
+  uint64_t acked = 0;
+  if ((p && !json_is_integer(p)) || !(json_is_integer(o) || (json_is_integer(f) && json_is_integer(t))) || pv < 0 ||
+      lo < 0 || hi < lo)
+    return -1;
+  if (sd_group_ack(c->group, c->consumer, (uint32_t)pv, (uint64_t)lo, (uint64_t)hi, &acked) != 0) return -1;
+  c->inflight = acked >= c->inflight ? 0 : c->inflight - (uint32_t)acked;
+  return 0;
+}
+
+/* Group consumers send acks; anything else from a client is ignored. */
 static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *arg, void *user) {
   struct sd_ws_conn *c = user;
   (void)ctx;
   if (arg->opcode == WSLAY_PONG) c->awaiting_pong = 0;
-  /* Text and binary messages from a subscriber carry nothing for it. */
+  if (arg->opcode != WSLAY_TEXT_FRAME || c->group == NULL || c->closing) return;
+  json_t *j = json_loadb((const char *)arg->msg, arg->msg_length, 0, NULL);
+  json_t *ack = json_object_get(j, "ack");
+  int bad = ack == NULL;
+  if (json_is_array(ack)) {
+    size_t i;
+    json_t *a;
+    json_array_foreach(ack, i, a) bad |= ack_item(c, a) != 0;
+  } else if (ack) {
+    bad = ack_item(c, ack) != 0;
+  }
+  json_decref(j);
+  if (bad) conn_close(c, 1007, "expected {\"ack\":{\"partition\":P,\"offset\":O}}");
 }
 
 /* ---- the send path --------------------------------------------------------- */
@@ -187,6 +221,51 @@ static int queue_record(void *arg, const struct sd_record *rec) {
 
 static void on_wake(struct sd_waiter *w, int status);
 
+static int queue_group_record(void *arg, const struct sd_record *rec, uint32_t deliveries) {
+  struct sd_ws_conn *c = arg;
+  char tail[40];
+  int n = snprintf(tail, sizeof(tail), ",\"deliveries\":%u}", deliveries);
+  /* The event as stored without its closing brace, then the count. */
+  struct sd_buf *b = &c->srv->scratch;
+  sd_buf_reset(b);
+  if (sd_buf_append(b, rec->json, rec->json_len - 1) != 0 || sd_buf_append(b, tail, (size_t)n) != 0) return 1;
+  struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)b->data, b->len};
+  if (wslay_event_queue_msg(c->ctx, &m) != 0) return 1;
+  c->inflight++;
+  return 0;
+}
+
+/* Group consumers: fetch from the group while prefetch and window allow. */
+static void group_refill(struct sd_ws_conn *c) {
+  const struct sd_config *cfg = c->srv->cfg;
+  if (sd_group_deleted(c->group)) {
+    conn_close(c, 4404, sd_stream_deleted(c->stream) ? "stream deleted" : "group deleted");
+    return;
+  }
+  for (;;) {
+    size_t q = queued(c);
+    if (q >= cfg->ws_window_bytes) return;
+    if (c->inflight >= c->prefetch) {
+      /* Events may have been settled elsewhere (timed out, acked over HTTP). */
+      c->inflight = sd_group_pending_of(c->group, c->consumer);
+      if (c->inflight >= c->prefetch) {
+        if (!sd_list_linked(&c->waiter.node)) sd_group_wait(c->group, &c->waiter);
+        return;
+      }
+    }
+    int n = sd_group_fetch(c->group, c->consumer, c->prefetch - c->inflight, cfg->ws_window_bytes - q,
+                           queue_group_record, c);
+    if (n < 0) {
+      conn_close(c, 1011, "read failed");
+      return;
+    }
+    if (n == 0) {
+      if (!sd_list_linked(&c->waiter.node)) sd_group_wait(c->group, &c->waiter);
+      return;
+    }
+  }
+}
+
 /* Reads from the cursors into wslay's queue until the window is full or
  * the log is exhausted; then waits for new records. */
 static void conn_refill(struct sd_ws_conn *c) {
@@ -194,6 +273,10 @@ static void conn_refill(struct sd_ws_conn *c) {
   uint32_t first = c->partition >= 0 ? (uint32_t)c->partition : 0;
   uint32_t count = c->partition >= 0 ? 1 : c->nparts;
   if (c->closing || c->dead) return;
+  if (c->group) {
+    group_refill(c);
+    return;
+  }
   if (sd_stream_deleted(c->stream)) {
     conn_close(c, 4404, "stream deleted");
     return;
@@ -237,6 +320,8 @@ static void on_wake(struct sd_waiter *w, int status) {
   struct sd_ws_conn *c = w->data;
   if (status == SD_E_STREAM_DELETED) {
     conn_close(c, 4404, "stream deleted");
+  } else if (status == SD_E_GROUP_NOT_FOUND) {
+    conn_close(c, 4404, "group deleted");
   } else if (status != 0) {
     conn_close(c, 1001, "server shutting down");
   } else {
@@ -302,6 +387,7 @@ static void conn_free(struct sd_ws_conn *c) {
   sd_buf_free(&c->out);
   free(c->extra);
   free(c->next);
+  if (c->group) sd_group_unref(c->group);
   if (c->stream) sd_stream_unref(c->stream);
   free(c);
 }
@@ -347,6 +433,21 @@ struct sd_ws_conn *sd_ws_conn_new(struct sd_ws_server *srv, struct sd_stream *s,
   c->waiter.data = c;
   sd_stream_ref(s);
   c->stream = s;
+  return c;
+}
+
+struct sd_ws_conn *sd_ws_conn_new_group(struct sd_ws_server *srv, struct sd_group *g, const char *consumer,
+                                        uint32_t prefetch) {
+  struct sd_stream *s = sd_group_stream(g);
+  uint64_t *starts = calloc(sd_stream_config(s)->partitions, sizeof(*starts));
+  if (starts == NULL) return NULL;
+  struct sd_ws_conn *c = sd_ws_conn_new(srv, s, -1, starts, consumer);
+  free(starts);
+  if (c == NULL) return NULL;
+  sd_group_ref(g);
+  c->group = g;
+  c->prefetch = prefetch;
+  sd_group_touch(g, consumer);
   return c;
 }
 
@@ -404,6 +505,7 @@ static void on_ping(uv_timer_t *t) {
       conn_destroy(c);
       continue;
     }
+    if (c->group) sd_group_touch(c->group, c->consumer); /* connected: alive */
     struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
     wslay_event_queue_msg(c->ctx, &m);
     c->awaiting_pong = 1;
@@ -442,7 +544,11 @@ void sd_ws_server_shutdown(struct sd_ws_server *srv) {
   }
 }
 
-static void ping_closed(uv_handle_t *h) { free(h->data); }
+static void ping_closed(uv_handle_t *h) {
+  struct sd_ws_server *srv = h->data;
+  sd_buf_free(&srv->scratch);
+  free(srv);
+}
 
 void sd_ws_server_free(struct sd_ws_server *srv) {
   sd_ws_server_shutdown(srv);

@@ -46,6 +46,14 @@ struct sd_ws_conn *sd_ws_conn_new(struct sd_ws_server *srv, struct sd_stream *s,
                                   const uint64_t *starts, const char *consumer);
 void sd_ws_conn_discard(struct sd_ws_conn *c);
 
+/* A group consumer about to be upgraded: events are fetched from the group
+ * for consumer, at most prefetch unacked at a time; acks come back as text
+ * frames {"ack":{"partition":P,"offset":O}} (or "from"/"to", or an array).
+ * Takes references on the group and its stream. */
+struct sd_group;
+struct sd_ws_conn *sd_ws_conn_new_group(struct sd_ws_server *srv, struct sd_group *g, const char *consumer,
+                                        uint32_t prefetch);
+
 /* The MHD upgrade handler; cls is the sd_ws_conn. */
 void sd_ws_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
                     size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh);
