@@ -4,7 +4,7 @@
 # tests that drive the real binary over real sockets.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh || exit 1
+scripts/setup.sh --test || exit 1
 passed=0
 failed=0
 run() {
