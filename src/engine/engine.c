@@ -66,6 +66,7 @@ struct partition {
   int dir_dirty;        /* directory entries changed since then */
   int prealloc;
   int reserving;        /* a reserve job runs for the active segment */
+  int staging;          /* always mode: appends are written in one run before each sync */
   char *ro_reason;      /* non-NULL: read-only after a failed sync */
   /* batch rollback marks */
   uint32_t mark_nsegs, mark_count;
@@ -90,6 +91,7 @@ struct sync_job {
   int glog_fd;           /* dup of groups.log to sync, or -1 */
   const char *glog_from, *glog_to; /* a compaction's rename */
   int glog_err;
+  int flush_err;         /* gathered appends could not be written */
 };
 
 struct dedup_entry {
@@ -352,7 +354,7 @@ static void sync_after(uv_work_t *req, int status) {
   struct sync_job *j = req->data;
   struct sd_stream *s = j->s;
   struct sd_engine *e = s->e;
-  int failed = status != 0 ? -EIO : 0;
+  int failed = status != 0 ? -EIO : j->flush_err;
   int advanced = 0;
   (void)status;
 
@@ -424,6 +426,7 @@ static int start_job(struct sd_stream *s) {
   j->config_file = NULL;
   j->glog_fd = -1;
   j->glog_err = 0;
+  j->flush_err = 0;
   j->target_seq = s->write_seq;
   s->sync_wanted = 0;
   if (!s->deleted) {
@@ -433,7 +436,15 @@ static int start_job(struct sd_stream *s) {
       for (uint32_t i = 0; i < pt->nsegs; i++) {
         struct sd_segment *seg = pt->segs[i];
         int need = (seg->sealed && !seg->synced) || (i == pt->nsegs - 1 && pt->dirty);
-        if (need && !seg->in_job && (rc = job_add_seg(j, seg)) != 0) goto fail;
+        if (!need || seg->in_job) continue;
+        /* Gathered appends reach the file in one write, just before their sync. */
+        int frc = sd_segment_flush(seg);
+        if (frc != 0) {
+          set_read_only(s, pt, "write", frc);
+          j->flush_err = frc;
+          continue;
+        }
+        if ((rc = job_add_seg(j, seg)) != 0) goto fail;
       }
       pt->dirty = 0;
       if (pt->dir_dirty) {
@@ -611,6 +622,7 @@ static void maybe_reserve(struct sd_stream *s, struct partition *p) {
 /* ---- segments of a partition ----------------------------------------------- */
 
 static int push_segment(struct partition *p, struct sd_segment *seg) {
+  seg->staging = p->staging;
   if (p->nsegs == p->segcap) {
     uint32_t cap = p->segcap ? p->segcap * 2 : 8;
     struct sd_segment **n = realloc(p->segs, cap * sizeof(*n));
@@ -647,6 +659,7 @@ static int roll(struct sd_stream *s, struct partition *p, uint64_t record_bytes)
   if (act->count == 0) {
     /* An empty active segment too small for the record was just replaced
      * on disk (same base); it is dropped, never sealed. */
+    seg->staging = p->staging;
     p->segs[p->nsegs - 1] = seg;
     sd_segment_unref(act);
     p->dir_dirty = 1;
@@ -758,6 +771,7 @@ static struct sd_stream *stream_alloc(struct sd_engine *e, const char *name, con
     char num[16];
     snprintf(num, sizeof(num), "%u", p);
     s->parts[p].id = p;
+    s->parts[p].staging = e->o.durability == SD_DURABILITY_ALWAYS;
     s->parts[p].dir = path_join(s->dir, num);
     if (s->parts[p].dir == NULL) {
       stream_free(s);
@@ -1746,6 +1760,8 @@ int sd_engine_close(struct sd_engine *e) {
       for (uint32_t i = 0; i < pt->nsegs; i++) {
         struct sd_segment *seg = pt->segs[i];
         if ((seg->sealed && !seg->synced) || i == pt->nsegs - 1) {
+          int frc = sd_segment_flush(seg);
+          if (frc != 0 && first_err == 0) first_err = frc;
           if (fdatasync(seg->fd) != 0 && first_err == 0) first_err = -errno;
           if (seg->sealed && !seg->synced) sd_segment_write_index(seg);
         }

@@ -387,6 +387,38 @@ fail_seg:
   return rc;
 }
 
+/* pwritev of exactly len bytes, going on after short writes. */
+static int write_all(int fd, struct iovec *iov, int n, uint64_t at, size_t len) {
+  size_t left = len;
+  while (left > 0) {
+    ssize_t w = pwritev(fd, iov, n, (off_t)at);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return -errno;
+    }
+    if ((size_t)w == left) break;
+    left -= (size_t)w;
+    at += (uint64_t)w;
+    size_t skip = (size_t)w;
+    int k = 0;
+    while (skip >= iov[k].iov_len) skip -= iov[k++].iov_len;
+    iov[k].iov_base = (char *)iov[k].iov_base + skip;
+    iov[k].iov_len -= skip;
+    memmove(iov, iov + k, (size_t)(n - k) * sizeof(*iov));
+    n -= k;
+  }
+  return 0;
+}
+
+int sd_segment_flush(struct sd_segment *seg) {
+  if (seg->stage.len == 0) return 0;
+  struct iovec iov = {seg->stage.data, seg->stage.len};
+  int rc = write_all(seg->fd, &iov, 1, seg->stage_at, seg->stage.len);
+  if (rc == 0) sd_buf_reset(&seg->stage);
+  if (seg->sealed && rc == 0) sd_buf_free(&seg->stage);
+  return rc;
+}
+
 int sd_segment_append(struct sd_segment *seg, uint64_t timestamp_ms, const char *id, size_t id_len,
                       const struct iovec *json, int json_iovcnt, size_t json_len) {
   char hdr[SD_REC_HEADER_BYTES];
@@ -414,25 +446,13 @@ int sd_segment_append(struct sd_segment *seg, uint64_t timestamp_ms, const char 
   size_t padn = (size_t)(sz - SD_REC_HEADER_BYTES - id_len - json_len);
   if (padn) iov[n++] = (struct iovec){(void *)pad, padn};
 
-  uint64_t at = seg->end;
-  size_t left = (size_t)sz;
-  while (left > 0) {
-    ssize_t w = pwritev(seg->fd, iov, n, (off_t)at);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    if ((size_t)w == left) break;
-    /* Short write: skip what was written and go on. */
-    left -= (size_t)w;
-    at += (uint64_t)w;
-    size_t skip = (size_t)w;
-    int k = 0;
-    while (skip >= iov[k].iov_len) skip -= iov[k++].iov_len;
-    iov[k].iov_base = (char *)iov[k].iov_base + skip;
-    iov[k].iov_len -= skip;
-    memmove(iov, iov + k, (size_t)(n - k) * sizeof(*iov));
-    n -= k;
+  if (seg->staging) {
+    /* Gathered; sd_segment_flush writes the whole run with one pwrite. */
+    if (seg->stage.len == 0) seg->stage_at = seg->end;
+    if ((rc = sd_buf_reserve(&seg->stage, (size_t)sz)) != 0) return rc;
+    for (int i = 0; i < n; i++) sd_buf_append(&seg->stage, iov[i].iov_base, iov[i].iov_len);
+  } else if ((rc = write_all(seg->fd, iov, n, seg->end, (size_t)sz)) != 0) {
+    return rc;
   }
   seg->pos[seg->count++] = (uint32_t)seg->end;
   seg->end += sz;
@@ -444,7 +464,13 @@ int sd_segment_append(struct sd_segment *seg, uint64_t timestamp_ms, const char 
 int sd_segment_truncate(struct sd_segment *seg, uint32_t i) {
   if (i >= seg->count) return 0;
   uint64_t from = seg->pos[i];
-  int rc = zero_range_inplace(seg->fd, from, seg->end);
+  int rc = 0;
+  if (seg->stage.len && from >= seg->stage_at) {
+    seg->stage.len = (size_t)(from - seg->stage_at); /* never written: just forgotten */
+  } else {
+    seg->stage.len = 0;
+    rc = zero_range_inplace(seg->fd, from, seg->end);
+  }
   seg->count = i;
   seg->end = from;
   seg->last_ts = i ? get64(seg->map + seg->pos[i - 1] + 16) : 0;
@@ -550,6 +576,7 @@ void sd_segment_unref(struct sd_segment *seg) {
   if (seg == NULL || --seg->refs > 0) return;
   if (seg->map) munmap((void *)seg->map, seg->size);
   if (seg->fd >= 0) close(seg->fd);
+  sd_buf_free(&seg->stage);
   free(seg->pos);
   free(seg->path);
   free(seg);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "streamd/buf.h"
 #include "streamd/engine.h"
 
 #define SD_SEG_HEADER_BYTES 64u
@@ -39,6 +40,9 @@ struct sd_segment {
   const char *map;     /* PROT_READ mapping of size bytes */
   uint32_t *pos;       /* pos[i]: file position of record base+i */
   uint32_t pos_cap;
+  int staging;         /* appends gather in stage until sd_segment_flush */
+  struct sd_buf stage; /* bytes [stage_at, end) not yet written */
+  uint64_t stage_at;
   int sealed;          /* no more appends; index file may be written */
   int synced;          /* sealed and its data synced (index written or tried) */
   int in_job;          /* held by a running sync job */
@@ -103,10 +107,17 @@ int sd_segment_check_header(const char *img, uint64_t len, uint32_t partition, u
 /* Bytes free for records. */
 static inline uint64_t sd_segment_room(const struct sd_segment *seg) { return seg->size - seg->end; }
 
-/* Appends one record at seg->end with pwritev, offset base+count.  The
- * caller checked the room.  Errors: -errno, -ENOMEM (index growth). */
+/* Appends one record at seg->end, offset base+count: written at once with
+ * pwritev, or gathered in seg->stage when seg->staging is set (the caller
+ * then flushes before syncing, and readers must not look past what was
+ * flushed).  The caller checked the room.  Errors: -errno, -ENOMEM. */
 int sd_segment_append(struct sd_segment *seg, uint64_t timestamp_ms, const char *id, size_t id_len,
                       const struct iovec *json, int json_iovcnt, size_t json_len);
+
+/* Writes the records gathered while staging with one pwrite.  0 or
+ * -errno (then nothing gathered is lost from memory: it may be retried
+ * only by a caller that knows the file is unchanged). */
+int sd_segment_flush(struct sd_segment *seg);
 
 /* Forgets records from index i on (rollback of an unfinished batch) and
  * zeroes their bytes so no stale record survives a crash.  -errno. */
