@@ -284,12 +284,56 @@ const char *sd_req_arg(struct sd_req *req, const char *name) {
  * (headers and body); once one is complete the longer idle timeout
  * applies.  Clients that never finish a request (garbage, stalled, or gone
  * with a half-sent body that MHD does not always notice) are cut early. */
+struct fresh {
+  struct sd_list node;
+  int fd;
+};
+
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
   struct sd_http *h = cls;
-  (void)socket_context;
-  if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+  struct fresh *f = *socket_context;
+  if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->header_timeout_s);
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci && (f = malloc(sizeof(*f))) != NULL) {
+      f->fd = ci->connect_fd;
+      sd_list_push_back(&h->fresh, &f->node);
+      *socket_context = f;
+    }
+  } else if (f != NULL) {
+    sd_list_remove(&f->node);
+    free(f);
+    *socket_context = NULL;
+  }
+}
+
+/* A connection that has not completed its first request is no longer
+ * watched for a lost EOF. */
+static void fresh_done(struct MHD_Connection *c) {
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  struct fresh *f = ci ? ci->socket_context : NULL;
+  if (f) sd_list_remove(&f->node);
+}
+
+/* MHD's edge-triggered epoll can miss a client's EOF that arrives together
+ * with a partial request, and would then hold the connection until
+ * header_timeout_s.  Every sweep, connections still without a complete
+ * first request whose socket holds nothing but the EOF (MHD has read the
+ * bytes) are shut down, which MHD does see. */
+static void on_sweep(uv_timer_t *t) {
+  struct sd_http *h = t->data;
+  struct sd_list *n = h->fresh.next;
+  while (n != &h->fresh) {
+    struct fresh *f = SD_CONTAINER_OF(n, struct fresh, node);
+    n = n->next;
+    char b;
+    if (recv(f->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+      shutdown(f->fd, SHUT_RDWR);
+      sd_list_remove(&f->node);
+    }
+  }
+  if (!sd_list_empty(&h->fresh)) kick(h);
 }
 
 /* With a body still incomplete, whether the client has already closed its
@@ -337,6 +381,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   }
   if (*upload_data_size > 0) {
     if (!req->responded && !req->body_error) {
+      if (req->body.len == 0) fresh_done(c);
       if (req->body.len + *upload_data_size > req->h->cfg->max_body_bytes)
         req->body_error = SD_E_TOO_LARGE;
       else if (sd_buf_append(&req->body, upload_data, *upload_data_size) != 0)
@@ -361,6 +406,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return MHD_YES;
   }
   if (req->suspended) return MHD_YES;
+  fresh_done(c);
   /* The request is complete: from now on the idle timeout applies. */
   MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->connection_timeout_s);
   sd_routes_dispatch(req);
@@ -439,6 +485,7 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
   h->started_ms = sd_now_ms();
   sd_list_init(&h->suspended);
   sd_list_init(&h->free_reqs);
+  sd_list_init(&h->fresh);
 
   h->daemon = MHD_start_daemon(
       flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
@@ -462,10 +509,15 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
   uv_poll_start(&h->poll, UV_READABLE, on_poll);
   uv_timer_init(loop, &h->timer);
   h->timer.data = h;
+  uv_timer_init(loop, &h->sweep);
+  h->sweep.data = h;
+  uv_timer_start(&h->sweep, on_sweep, 500, 500);
   if ((rc = sd_ws_server_new(loop, cfg, kick, h, &h->ws)) != 0) {
     uv_close((uv_handle_t *)&h->poll, NULL);
     uv_close((uv_handle_t *)&h->timer, NULL);
+    uv_close((uv_handle_t *)&h->sweep, NULL);
     MHD_stop_daemon(h->daemon);
+    uv_run(loop, UV_RUN_NOWAIT);
     free(h);
     return rc;
   }
@@ -514,6 +566,7 @@ void sd_http_free(struct sd_http *h) {
   MHD_run(h->daemon);
   uv_poll_stop(&h->poll);
   uv_timer_stop(&h->timer);
+  uv_close((uv_handle_t *)&h->sweep, NULL);
   struct MHD_Daemon *d = h->daemon;
   MHD_stop_daemon(d);
   h->daemon = NULL;

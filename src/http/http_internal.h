@@ -40,6 +40,8 @@ struct sd_http {
   struct sd_list free_reqs;
   size_t nfree;
   struct sd_ws_server *ws;
+  uv_timer_t sweep;           /* checks fresh connections for a lost EOF */
+  struct sd_list fresh;       /* connections without a complete first request */
 };
 
 #define SD_PATH_MAX_PARTS 8
