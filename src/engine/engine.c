@@ -796,16 +796,26 @@ size_t sd_engine_stream_count(const struct sd_engine *e) { return json_object_si
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
 
-void sd_engine_foreach(struct sd_engine *e, void (*fn)(void *arg, struct sd_stream *s), void *arg) {
-  size_t n = json_object_size(e->streams), i = 0;
-  if (n == 0) return;
-  const char **names = malloc(n * sizeof(*names));
-  if (names == NULL) return;
-  const char *key;
+/* The keys of a JSON object in byte order; the caller frees the array
+ * (the keys belong to the object).  NULL when empty or out of memory. */
+static const char **sorted_keys(json_t *o, size_t *n) {
+  size_t i = 0;
+  *n = json_object_size(o);
+  if (*n == 0) return NULL;
+  const char **keys = malloc(*n * sizeof(*keys));
+  if (keys == NULL) return NULL;
+  const char *k;
   json_t *v;
-  json_object_foreach(e->streams, key, v) names[i++] = key;
-  qsort(names, n, sizeof(*names), cmp_str);
-  for (i = 0; i < n; i++) fn(arg, sd_engine_find(e, names[i]));
+  json_object_foreach(o, k, v) keys[i++] = k;
+  qsort(keys, *n, sizeof(*keys), cmp_str);
+  return keys;
+}
+
+void sd_engine_foreach(struct sd_engine *e, void (*fn)(void *arg, struct sd_stream *s), void *arg) {
+  size_t n;
+  const char **names = sorted_keys(e->streams, &n);
+  if (names == NULL) return;
+  for (size_t i = 0; i < n; i++) fn(arg, sd_engine_find(e, names[i]));
   free(names);
 }
 
@@ -1309,15 +1319,11 @@ void sd_stream_consumer_seen(struct sd_stream *s, const char *consumer, uint32_t
 
 void sd_stream_consumers_foreach(struct sd_stream *s, void (*fn)(void *arg, const struct sd_consumer_pos *p),
                                  void *arg) {
-  size_t n = json_object_size(s->consumers), i = 0;
-  if (n == 0) return;
-  const char **keys = malloc(n * sizeof(*keys));
-  if (keys == NULL) return;
-  const char *k;
+  size_t n;
   json_t *v;
-  json_object_foreach(s->consumers, k, v) keys[i++] = k;
-  qsort(keys, n, sizeof(*keys), cmp_str);
-  for (i = 0; i < n; i++) {
+  const char **keys = sorted_keys(s->consumers, &n);
+  if (keys == NULL) return;
+  for (size_t i = 0; i < n; i++) {
     char name[SD_MAX_NAME + 16];
     const char *hash = strrchr(keys[i], '#');
     size_t len = (size_t)(hash - keys[i]);

@@ -193,6 +193,27 @@ static void win_advance(struct gpart *p) {
   }
 }
 
+/* Records a dead event for listing; the newest MAX_DEAD_KEPT are kept. */
+static void dead_push(struct sd_group *g, uint32_t p, uint64_t off, uint16_t deliveries) {
+  if (g->ndead == g->capdead && g->capdead < MAX_DEAD_KEPT) {
+    uint32_t cap = g->capdead ? g->capdead * 2 : 64;
+    struct dead_ent *nd = malloc(cap * sizeof(*nd));
+    if (nd) {
+      for (uint32_t k = 0; k < g->ndead; k++) nd[k] = g->deadv[(g->dead_head + k) % g->capdead];
+      free(g->deadv);
+      g->deadv = nd;
+      g->capdead = cap;
+      g->dead_head = 0;
+    }
+  }
+  if (g->capdead == 0) return;
+  if (g->ndead == g->capdead) {
+    g->dead_head = (g->dead_head + 1) % g->capdead;
+    g->ndead--;
+  }
+  g->deadv[(g->dead_head + g->ndead++) % g->capdead] = (struct dead_ent){p, deliveries, off};
+}
+
 /* ---- consumers -------------------------------------------------------------- */
 
 static struct gcons *cons_find(struct sd_group *g, const char *name) {
@@ -564,24 +585,7 @@ int sd_group_fetch(struct sd_group *g, const char *consumer, uint32_t limit, siz
           gp->pending--;
           g->pending--;
           g->dead++;
-          if (g->ndead == g->capdead && g->capdead < MAX_DEAD_KEPT) {
-            uint32_t cap = g->capdead ? g->capdead * 2 : 64;
-            struct dead_ent *nd = malloc(cap * sizeof(*nd));
-            if (nd) {
-              for (uint32_t k = 0; k < g->ndead; k++) nd[k] = g->deadv[(g->dead_head + k) % g->capdead];
-              free(g->deadv);
-              g->deadv = nd;
-              g->capdead = cap;
-              g->dead_head = 0;
-            }
-          }
-          if (g->capdead) {
-            if (g->ndead == g->capdead) { /* keep the newest MAX_DEAD_KEPT */
-              g->dead_head = (g->dead_head + 1) % g->capdead;
-              g->ndead--;
-            }
-            g->deadv[(g->dead_head + g->ndead++) % g->capdead] = (struct dead_ent){p, e->deliveries, off};
-          }
+          dead_push(g, p, off, e->deliveries);
           if ((rc = logf_(gs, "{\"t\":\"dead\",\"g\":\"%s\",\"p\":%u,\"o\":%llu,\"n\":%u}", g->name, p,
                           (unsigned long long)off, e->deliveries)) != 0)
             log_failed(gs, rc);
@@ -799,16 +803,8 @@ static int replay_one(struct sd_groups *gs, json_t *r, uint64_t now) {
     json_t *v;
     g->dead = ju(r, "count");
     json_array_foreach(json_object_get(r, "d"), i, v) {
-      if (g->ndead == g->capdead) {
-        uint32_t cap = g->capdead ? g->capdead * 2 : 64;
-        struct dead_ent *nd = realloc(g->deadv, cap * sizeof(*nd));
-        if (nd == NULL) return -1;
-        g->deadv = nd;
-        g->capdead = cap;
-      }
-      g->deadv[g->ndead++] = (struct dead_ent){(uint32_t)json_integer_value(json_array_get(v, 0)),
-                                               (uint16_t)json_integer_value(json_array_get(v, 2)),
-                                               (uint64_t)json_integer_value(json_array_get(v, 1))};
+      dead_push(g, (uint32_t)json_integer_value(json_array_get(v, 0)), (uint64_t)json_integer_value(json_array_get(v, 1)),
+                (uint16_t)json_integer_value(json_array_get(v, 2)));
     }
     return 0;
   }
@@ -889,14 +885,7 @@ static int replay_one(struct sd_groups *gs, json_t *r, uint64_t now) {
       g->pending--;
       if (e->state == E_DEAD) {
         g->dead++;
-        if (g->ndead == g->capdead) {
-          uint32_t cap = g->capdead ? g->capdead * 2 : 64;
-          struct dead_ent *nd = realloc(g->deadv, cap * sizeof(*nd));
-          if (nd == NULL) return -1;
-          g->deadv = nd;
-          g->capdead = cap;
-        }
-        g->deadv[g->ndead++] = (struct dead_ent){p, (uint16_t)ju(r, "n"), o};
+        dead_push(g, p, o, (uint16_t)ju(r, "n"));
       }
     }
     win_advance(gp);

@@ -146,25 +146,6 @@ static int map_segment(struct sd_segment *seg) {
   return 0;
 }
 
-/* Makes bytes [from, to) of fd read as zeros, releasing their blocks
- * (space is reserved again chunk by chunk as records arrive). */
-static int zero_range(int fd, uint64_t from, uint64_t to) {
-  if (to <= from) return 0;
-  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from, (off_t)(to - from)) == 0) return 0;
-  if (fallocate(fd, FALLOC_FL_ZERO_RANGE, (off_t)from, (off_t)(to - from)) == 0) return 0;
-  static const char zeros[4096];
-  for (uint64_t p = from; p < to;) {
-    size_t n = to - p < sizeof(zeros) ? (size_t)(to - p) : sizeof(zeros);
-    ssize_t w = pwrite(fd, zeros, n, (off_t)p);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -errno;
-    }
-    p += (uint64_t)w;
-  }
-  return 0;
-}
-
 /* Writes zeros over [from, to), keeping the blocks allocated. */
 static int zero_range_inplace(int fd, uint64_t from, uint64_t to) {
   static const char zeros[4096];
@@ -178,6 +159,15 @@ static int zero_range_inplace(int fd, uint64_t from, uint64_t to) {
     p += (uint64_t)w;
   }
   return 0;
+}
+
+/* Makes bytes [from, to) of fd read as zeros, releasing their blocks
+ * (space is reserved again chunk by chunk as records arrive). */
+static int zero_range(int fd, uint64_t from, uint64_t to) {
+  if (to <= from) return 0;
+  if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)from, (off_t)(to - from)) == 0) return 0;
+  if (fallocate(fd, FALLOC_FL_ZERO_RANGE, (off_t)from, (off_t)(to - from)) == 0) return 0;
+  return zero_range_inplace(fd, from, to);
 }
 
 uint64_t sd_segment_chunk(uint64_t size) { return size < SD_SEG_RESERVE_CHUNK ? size : SD_SEG_RESERVE_CHUNK; }
