@@ -269,8 +269,18 @@ static void rebalance(struct sd_group *g) {
   if (changed) wake(g, 0);
 }
 
+/* The partition goes to its next owner once nothing in it is pending, or
+ * everything pending has timed out (it will be redelivered to the new
+ * owner: the old one's claim has lapsed). */
 static void handover_if_settled(struct sd_group *g, struct gpart *gp) {
-  if (gp->target >= 0 && gp->pending == 0) {
+  if (gp->target < 0) return;
+  int lapsed = 1;
+  uint64_t now = sd_now_ms();
+  for (uint32_t i = 0; i < win_len(gp) && lapsed && gp->pending; i++) {
+    struct gentry *e = win_at(gp, i);
+    if (e->state == E_PENDING && e->deadline > now) lapsed = 0;
+  }
+  if (lapsed) {
     gp->owner = gp->target;
     gp->target = -1;
     wake(g, 0);
@@ -739,6 +749,7 @@ static void on_tick(uv_timer_t *t) {
       }
       i++;
     }
+    for (uint32_t p = 0; p < g->np; p++) handover_if_settled(g, &g->parts[p]);
     if (g->next_due <= now && !sd_list_empty(&g->waiters)) wake(g, 0);
   }
 }
@@ -841,7 +852,7 @@ static int replay_one(struct sd_groups *gs, json_t *r, uint64_t now) {
         const char *cn = json_string_value(json_array_get(v, 3));
         struct gcons *c = cn && *cn ? cons_join(g, cn, now) : NULL;
         e->consumer = c ? c->id : UINT32_MAX;
-        e->deadline = now + g->cfg.ack_timeout_ms;
+        e->deadline = 0; /* after a restart pending events are due at once, in offset order */
         if (e->state == E_PENDING) {
           gp->pending++;
           g->pending++;
@@ -862,7 +873,7 @@ static int replay_one(struct sd_groups *gs, json_t *r, uint64_t now) {
       e->state = E_PENDING;
       e->deliveries = 1;
       e->consumer = c ? c->id : UINT32_MAX;
-      e->deadline = now + g->cfg.ack_timeout_ms;
+      e->deadline = 0; /* after a restart pending events are due at once, in offset order */
       gp->pending++;
       g->pending++;
     }
@@ -1010,6 +1021,9 @@ int sd_groups_open(struct sd_stream *s, const char *dir, struct sd_groups **out)
       good += (uint64_t)n;
     }
     free(line);
+    /* Replayed pending events got fresh deadlines: let the first fetch find them. */
+    for (struct sd_list *l = gs->groups.next; l != &gs->groups; l = l->next)
+      SD_CONTAINER_OF(l, struct sd_group, node)->next_due = 0;
     struct stat st;
     uint64_t size = fstat(fileno(f), &st) == 0 ? (uint64_t)st.st_size : good;
     fclose(f);

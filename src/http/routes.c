@@ -1092,7 +1092,7 @@ static void finish_durable(struct sd_req *req, struct sd_stream *s, unsigned sta
   if (req->stream == NULL) hold_stream(req, s);
   req->dop.cb = on_group_durable;
   req->dop.data = req;
-  sd_req_suspend(req);
+  if (!req->suspended) sd_req_suspend(req); /* a long poll already is */
   sd_stream_when_durable(s, &req->dop);
 }
 
