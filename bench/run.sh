@@ -4,7 +4,7 @@
 # Not part of CI. See bench/README.md.
 #
 #   bench/run.sh                      all scenarios
-#   bench/run.sh publish              one scenario (names: see SCENARIOS below)
+#   bench/run.sh publish              one scenario (publish, catchup, fanout)
 #   bench/run.sh --dry                peers only: no build, no streamd
 #
 # Environment (defaults in brackets):
@@ -21,6 +21,13 @@
 #   CATCHUP_EVENTS [1000000]  events preloaded for the catch-up read
 #   CATCHUP_LIMIT [1000]      page size of the catch-up read
 #   CATCHUP_MAX_SECS [120]    cap on one catch-up read
+#   BENCH_FAN_SUBS [100]      fanout: WebSocket / XREAD subscribers
+#   BENCH_FAN_RATE [5000]     fanout: events/s published
+#   BENCH_FAN_SECS [10]       fanout: seconds of publishing per run
+#   BENCH_FAN_PUB_CONNS [64]  fanout: publisher connections (one request in flight each)
+#   BENCH_FAN_BIG [10000]     fanout: subscribers of the streamd-only line, 0 = skip it
+#   BENCH_FAN_BIG_RATE [100]  fanout: events/s of that line
+#   BENCH_FAN_BIG_PUB_CONNS [16] fanout: publisher connections of that line
 #   STREAMD_BIN               use this binary instead of building one
 #   STREAMD_ARGS              extra streamd flags, e.g. "--segment-bytes 67108864"
 set -euo pipefail
@@ -32,7 +39,7 @@ BUILD_DIR="$REPO/build-bench"
 RUNS=${BENCH_RUNS:-3}
 DURATION=${BENCH_DURATION:-5}
 WARMUP=${BENCH_WARMUP:-1}
-SCENARIOS=${BENCH_SCENARIOS:-"publish catchup"}
+SCENARIOS=${BENCH_SCENARIOS:-"publish catchup fanout"}
 DRY=${BENCH_DRY:-0}
 KEEP=${BENCH_KEEP:-0}
 CONNS=${BENCH_CONNECTIONS:-50}
@@ -42,6 +49,13 @@ NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
 CATCHUP_EVENTS=${CATCHUP_EVENTS:-1000000}
 CATCHUP_LIMIT=${CATCHUP_LIMIT:-1000}
 CATCHUP_MAX_SECS=${CATCHUP_MAX_SECS:-120}
+FAN_SUBS=${BENCH_FAN_SUBS:-100}
+FAN_RATE=${BENCH_FAN_RATE:-5000}
+FAN_SECS=${BENCH_FAN_SECS:-10}
+FAN_PUB_CONNS=${BENCH_FAN_PUB_CONNS:-64}
+FAN_BIG=${BENCH_FAN_BIG:-10000}
+FAN_BIG_RATE=${BENCH_FAN_BIG_RATE:-100}
+FAN_BIG_PUB_CONNS=${BENCH_FAN_BIG_PUB_CONNS:-16}
 STREAMD_BIN=${STREAMD_BIN:-}
 STREAMD_ARGS=${STREAMD_ARGS:-}
 
@@ -75,6 +89,14 @@ ensure_packages() {
   if [ "$DRY" = 0 ] && [ -z "$STREAMD_BIN" ]; then
     command -v cmake >/dev/null || missing+=(cmake)
     command -v cc >/dev/null || missing+=(build-essential)
+  fi
+  if [[ " $SCENARIOS " == *" fanout "* ]]; then
+    # the fan-out clients (bench/wsfan.c, bench/redisfan.c), built with gcc
+    command -v gcc >/dev/null || missing+=(gcc libc6-dev)
+    [ -e /usr/include/uv.h ] || missing+=(libuv1-dev)
+    [ -e /usr/include/wslay/wslay.h ] || missing+=(libwslay-dev)
+    [ -e /usr/include/nettle/sha1.h ] || missing+=(nettle-dev)
+    [ -e /usr/include/hiredis/adapters/libuv.h ] || missing+=(libhiredis-dev)
   fi
   [ ${#missing[@]} -eq 0 ] && return 0
 
@@ -217,15 +239,34 @@ ensure_streamd() {
   dir="$WORK/streamd-$mode"
   logf="$WORK/streamd-$mode.log"
   mkdir -p "$dir"
+  local extra=() maxc=$((FAN_BIG + FAN_SUBS + 1000))
+  # fanout's FAN_BIG subscribers and the publishers may not fit in the
+  # default max_connections (10000); at the limit new connections hang
+  if [[ " $SCENARIOS " == *" fanout "* ]] && [ "$maxc" -gt 10000 ]; then
+    extra=(--max-connections "$maxc")
+  fi
   # shellcheck disable=SC2086
   "$STREAMD_BIN" --host 127.0.0.1 --port "$port" --data-dir "$dir" \
-    --durability "$mode" $STREAMD_ARGS >"$logf" 2>&1 &
+    --durability "$mode" ${extra[@]+"${extra[@]}"} $STREAMD_ARGS >"$logf" 2>&1 &
   pid=$!
   PIDS+=("$pid"); PROC_NAME[$pid]="streamd ($mode)"
   wait_until 30 "streamd ($mode)" "$pid" grep -q "listening on" "$logf"
   wait_until 10 "streamd ($mode) /health" "$pid" http_ok "http://127.0.0.1:$port/health"
   SD_PORT[$mode]=$port; SD_PID[$mode]=$pid
   log "streamd --durability $mode: pid $pid, port $port, data $dir"
+}
+
+# restart_streamd MODE: a fresh process on the same data dir (the fan-out
+# runs measure the server's RSS, which a previous run's freed heap inflates)
+restart_streamd() {
+  local mode=$1 pid=${SD_PID[$1]:-} p keep=()
+  if [ -n "$pid" ]; then
+    stop_proc "$pid"
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+    PIDS=(${keep[@]+"${keep[@]}"})
+    unset 'SD_PID[$mode]' 'SD_PORT[$mode]'
+  fi
+  ensure_streamd "$mode"
 }
 
 ensure_nginx() {
@@ -356,12 +397,88 @@ measure_redis() {
 # requests for a redis-benchmark run of about DURATION seconds at RATE req/s
 redis_n() { awk -v r="$1" -v d="$DURATION" -v m="$2" 'BEGIN { n = int(r * d); print (n < m ? m : n) }'; }
 
+# The fan-out clients: plain gcc, no build system (bench/wsfan.c, bench/redisfan.c).
+build_fan_clients() {
+  [ -n "${FAN_BUILT:-}" ] && return 0
+  local blog="$BUILD_DIR/bench-fan-build.log"
+  mkdir -p "$BUILD_DIR"
+  log "building bench/wsfan.c and bench/redisfan.c into build-bench/ (log: $blog)"
+  if ! { gcc -O2 -Wall -o "$BUILD_DIR/wsfan" "$BENCH_DIR/wsfan.c" -luv -lwslay -lnettle &&
+         gcc -O2 -Wall -o "$BUILD_DIR/redisfan" "$BENCH_DIR/redisfan.c" -lhiredis -luv; } >"$blog" 2>&1; then
+    cat "$blog" >&2
+    die "building the fan-out clients failed"
+  fi
+  FAN_BUILT=1
+}
+
+vmrss_kib() { awk '/^VmRSS:/ { print $2 }' /proc/"$1"/status 2>/dev/null || echo 0; }
+
+declare -A R_CCPU=()   # client CPU seconds per run, by label
+FAN_LINES=()
+
+# measure_fan LABEL SERVER_PID CLIENT RATE CLIENT-ARGS...
+# Runs build-bench/CLIENT (wsfan or redisfan, which print one BENCH_FAN
+# line), samples the server's VmRSS every 0.2 s meanwhile, and records
+# LABEL.deliv (deliveries/s, server CPU), LABEL.p50/.p99/.max (latency, us),
+# the client's CPU seconds and the server's peak RSS. LABEL "" = warm-up.
+measure_fan() {
+  local label=$1 pid=$2 client=$3 rate=$4 out err line c0 c1 cpid rc=0 rss peak=0 rss0
+  shift 4
+  out="$WORK/fan.out"; err="$WORK/fan.err"
+  rss0=$(vmrss_kib "$pid")
+  c0=$(proc_ticks "$pid")
+  "$BUILD_DIR/$client" -q -r "$rate" "$@" >"$out" 2>"$err" &
+  cpid=$!
+  PIDS+=("$cpid"); PROC_NAME[$cpid]=$client
+  while kill -0 "$cpid" 2>/dev/null; do
+    rss=$(vmrss_kib "$pid")
+    [ "${rss:-0}" -gt "$peak" ] && peak=$rss
+    sleep 0.2
+  done
+  wait "$cpid" || rc=$?
+  local p keep=()
+  for p in "${PIDS[@]}"; do [ "$p" = "$cpid" ] || keep+=("$p"); done
+  PIDS=(${keep[@]+"${keep[@]}"})
+  c1=$(proc_ticks "$pid")
+  line=$(grep '^BENCH_FAN' "$out" || true)
+  [ -n "$line" ] || { cat "$out" "$err" >&2; die "$client gave no result (exit $rc)"; }
+  local what=${label:-"warm-up ($client)"} f
+  declare -A v=()
+  for f in subs subs_failed subs_closed published pub_errors pub_rate pub_p99_us expected deliveries \
+           missing dups bad rate p50_us p99_us max_us client_cpu_s error; do
+    v[$f]=$(kv "$line" "$f")
+  done
+  [ "$rc" = 0 ] || warn "$what: $client exited with status $rc"
+  [ -z "${v[error]}" ] || warn "$what: $client: ${v[error]//_/ }"
+  [ "${v[subs_failed]}" = 0 ] || warn "$what: ${v[subs_failed]} of $((v[subs] + v[subs_failed])) subscribers could not subscribe"
+  [ "${v[subs_closed]}" = 0 ] || warn "$what: ${v[subs_closed]} subscribers were disconnected during the run"
+  [ "${v[pub_errors]}" = 0 ] || warn "$what: ${v[pub_errors]} publishes failed"
+  [ "${v[missing]}" = 0 ] || warn "$what: MISSING DELIVERIES: ${v[missing]} of ${v[expected]} expected (${v[deliveries]} delivered)"
+  [ "${v[dups]}" = 0 ] || warn "$what: ${v[dups]} duplicate deliveries"
+  [ "${v[bad]}" = 0 ] || warn "$what: ${v[bad]} deliveries without t/s in their data"
+  [ -z "$label" ] || ! awk -v a="${v[pub_rate]}" -v r="$rate" 'BEGIN { exit !(a < 0.95 * r) }' ||
+    warn "$what: the publisher did not hold $rate events/s: $(printf '%.0f' "${v[pub_rate]}")/s (publish p99 ${v[pub_p99_us]} us)"
+  LAST_OPS=${v[deliveries]}
+  local sec; sec=$(ticks_to_s $((c1 - c0)))
+  line=$(printf '  %-14s %s/%s delivered, missing %s; published %.0f/s; p50/p99/max %s/%s/%s us; client cpu %ss; server cpu %ss; server RSS %s -> peak %s MiB' \
+    "$what" "${v[deliveries]}" "${v[expected]}" "${v[missing]}" "${v[pub_rate]}" "${v[p50_us]}" "${v[p99_us]}" \
+    "${v[max_us]}" "${v[client_cpu_s]}" "$sec" "$((rss0 / 1024))" "$((peak / 1024))")
+  log "${line# }"
+  [ -n "$label" ] || return 0
+  FAN_LINES+=("$line")
+  record "$label.deliv" "${v[rate]}" "${v[deliveries]}" "$sec"
+  R_RATE[$label.p50]+="${v[p50_us]} "; R_RATE[$label.p99]+="${v[p99_us]} "; R_RATE[$label.max]+="${v[max_us]} "
+  R_RATE[$label.rss]+="$(awk -v k="$peak" 'BEGIN { printf "%.1f", k / 1024 }') "
+  R_CCPU[$label]+="${v[client_cpu_s]} "
+  return 0
+}
+
 # ---------------------------------------------------------------- scenarios
 # Each scenario_NAME starts what it needs (ensure_*), measures each target
 # BENCH_RUNS times, interleaving targets within a round, and declares its
 # table rows with add_row. Add a scenario: write scenario_NAME, add NAME to
 # the default list and to bench/README.md.
-KNOWN_SCENARIOS="publish catchup"
+KNOWN_SCENARIOS="publish catchup fanout"
 
 # a. single-event publish, CONNS keep-alive connections
 scenario_publish() {
@@ -479,6 +596,58 @@ scenario_catchup() {
     "redis XRANGE COUNT $CATCHUP_LIMIT" redis.xrange events/s
 }
 
+# streamd (always) restarted before each fan-out run, so that its RSS is
+# that run's alone; the streams stay on disk (409 = already there)
+fresh_streamd() {
+  local st r
+  restart_streamd always
+  for st in fan fanbig; do
+    r=$(http POST "http://127.0.0.1:${SD_PORT[always]}/stream/$st" '{"partitions":1,"retention_hours":0}')
+    case ${r%% *} in 200|201|409) ;; *) die "create stream $st on streamd (always): $r" ;; esac
+  done
+}
+
+# c. fan-out: FAN_SUBS subscribers, FAN_RATE events/s for FAN_SECS s; then
+# FAN_BIG WebSocket subscribers at FAN_BIG_RATE events/s (streamd only)
+scenario_fanout() {
+  local r run fa=(-s fan -n "$FAN_SUBS" -c "$FAN_PUB_CONNS" -b "$DATA_BYTES")
+  local big=(-s fanbig -n "$FAN_BIG" -c "$FAN_BIG_PUB_CONNS" -b "$DATA_BYTES" -d "$FAN_SECS")
+  build_fan_clients
+  ensure_redis
+  [ "$DRY" = 1 ] || fresh_streamd
+  redis_fsync always
+  if [ "$WARMUP" != 0 ]; then
+    log "fanout: ${WARMUP}s warm-up per target"
+    [ "$DRY" = 1 ] || measure_fan "" "${SD_PID[always]}" wsfan "$FAN_RATE" -p "${SD_PORT[always]}" "${fa[@]}" -d "$WARMUP"
+    measure_fan "" "$REDIS_PID" redisfan "$FAN_RATE" -p "$REDIS_PORT" "${fa[@]}" -d "$WARMUP"
+  fi
+  for run in $(seq 1 "$RUNS"); do
+    log "fanout: round $run/$RUNS"
+    if [ "$DRY" = 0 ]; then
+      fresh_streamd
+      measure_fan sd.fan "${SD_PID[always]}" wsfan "$FAN_RATE" -p "${SD_PORT[always]}" "${fa[@]}" -d "$FAN_SECS"
+    fi
+    measure_fan redis.fan "$REDIS_PID" redisfan "$FAN_RATE" -p "$REDIS_PORT" "${fa[@]}" -d "$FAN_SECS"
+    if [ "$DRY" = 0 ] && [ "$FAN_BIG" -gt 0 ]; then
+      fresh_streamd
+      measure_fan sd.fanbig "${SD_PID[always]}" wsfan "$FAN_BIG_RATE" -p "${SD_PORT[always]}" "${big[@]}"
+    fi
+  done
+  rcli DEL fan >/dev/null
+
+  local s="fanout, $FAN_SUBS subs, $FAN_RATE ev/s, always" p="redis XREAD BLOCK, fsync always"
+  add_row "$s"         sd.fan.deliv "$p" redis.fan.deliv deliv/s
+  add_row "$s, p50"    sd.fan.p50   "$p" redis.fan.p50   "us (lat)"
+  add_row "$s, p99"    sd.fan.p99   "$p" redis.fan.p99   "us (lat)"
+  add_row "$s, max"    sd.fan.max   "$p" redis.fan.max   "us (lat)"
+  if [ "$FAN_BIG" -gt 0 ]; then
+    s="fanout, $FAN_BIG subs, $FAN_BIG_RATE ev/s, always"
+    add_row "$s"             sd.fanbig.deliv "(streamd only)" none deliv/s
+    add_row "$s, p99"        sd.fanbig.p99   "(streamd only)" none "us (lat)"
+    add_row "$s, server RSS" sd.fanbig.rss   "(streamd only)" none MiB
+  fi
+}
+
 # ---------------------------------------------------------------- report
 stats3() { # "v1 v2 ..." -> "min median max"
   tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ a[NR] = $1 }
@@ -507,13 +676,16 @@ med() { local s; read -r -a s <<<"$(stats3 "$1")"; echo "${s[1]}"; }
 fmt_cpu() { awk -v x="$1" 'BEGIN { if (x == "-") print "-"; else if (x >= 10) printf "%.0f", x; else if (x >= 1) printf "%.1f", x; else printf "%.2f", x }'; }
 
 report() {
-  local row scen sd pdesc peer unit sdm pm ratio sdcpu pcpu sdfig pfig
+  local row scen sd pdesc peer unit sdm pm ratio sdcpu pcpu sdfig pfig label
   echo
   echo "streamd benchmark  $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo none)  host $(nproc) cores, $(uname -r)"
   echo "data dir fs: $WORK_FS   runs: $RUNS x ${DURATION}s (publish, redis)   dry: $DRY"
-  echo "figures: min/median/max over runs; cpu: server CPU (utime+stime) per op, us, median"
-  echo "ratio: streamd median / peer median (higher = streamd faster)"
+  [[ " $SCENARIOS " == *" fanout "* ]] &&
+    echo "fanout: ${FAN_SECS}s of publishing per run, $FAN_PUB_CONNS publisher conns ($FAN_BIG_PUB_CONNS for $FAN_BIG subs), ${DATA_BYTES}-byte data"
+  echo "figures: min/median/max over runs; cpu: server CPU (utime+stime) per op (fanout: per delivery), us, median"
+  echo "ratio: streamd median / peer median; req/s, events/s, deliv/s: higher = streamd faster;"
+  echo "       latency rows (us (lat): publish to delivery): LOWER = streamd better"
   echo
   {
     echo "scenario|streamd min/med/max|cpu us/op|peer|peer min/med/max|cpu us/op|ratio"
@@ -535,12 +707,25 @@ report() {
               if (r == 1) { t = 0; for (i = 1; i <= n; i++) t += w[i] + 3; s = ""; for (i = 1; i < t - 2; i++) s = s "-"; print s }
             } }'
   echo
+  if [ ${#FAN_LINES[@]} -gt 0 ]; then
+    echo "fanout runs (latency = delivery time - publish send time; client cpu = the client process, getrusage):"
+    printf '%s\n' "${FAN_LINES[@]}"
+    for label in $(printf '%s\n' "${!R_CCPU[@]}" | sort); do
+      printf '  %-14s client cpu min/med/max %s s, server cpu %s s, server RSS peak %s MiB\n' "$label" \
+        "$(stats3 "${R_CCPU[$label]}" | tr ' ' /)" "$(stats3 "${R_CPU[$label.deliv]:-}" | tr ' ' /)" \
+        "$(stats3 "${R_RATE[$label.rss]:-}" | tr ' ' /)"
+    done
+    echo
+  fi
   echo "per run (figure, server cpu seconds):"
   local label r c i
   for label in $(printf '%s\n' "${!R_RATE[@]}" | sort); do
-    read -r -a r <<<"${R_RATE[$label]}"; read -r -a c <<<"${R_CPU[$label]}"
+    read -r -a r <<<"${R_RATE[$label]}"; read -r -a c <<<"${R_CPU[$label]:-}"
     printf '  %-22s' "$label"
-    for i in "${!r[@]}"; do printf '  %s (cpu %ss)' "$(human "${r[$i]}")" "${c[$i]}"; done
+    for i in "${!r[@]}"; do
+      if [ -n "${c[$i]:-}" ]; then printf '  %s (cpu %ss)' "$(human "${r[$i]}")" "${c[$i]}"
+      else printf '  %s' "$(human "${r[$i]}")"; fi
+    done
     echo
   done
   if [ ${#WARNINGS[@]} -gt 0 ]; then
@@ -557,6 +742,15 @@ main() {
     case " $KNOWN_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario '$s' (known: $KNOWN_SCENARIOS)" ;; esac
   done
   ensure_packages
+  if [[ " $SCENARIOS " == *" fanout "* ]]; then
+    # thousands of sockets: the soft limit up to the hard one, for the
+    # servers started from here and for the clients
+    local hard need=$((FAN_BIG + FAN_SUBS + 256))
+    hard=$(ulimit -Hn)
+    ulimit -n "$hard" || die "ulimit -n $hard failed"
+    [ "$hard" = unlimited ] || [ "$hard" -ge "$need" ] ||
+      die "ulimit -Hn is $hard, fanout needs $need descriptors: lower BENCH_FAN_BIG or raise the hard limit"
+  fi
   [ "$DRY" = 1 ] || build_streamd
   pick_workdir
   log "work dir $WORK ($WORK_FS); scenarios: $SCENARIOS; $RUNS runs each"
