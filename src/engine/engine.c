@@ -120,6 +120,7 @@ struct sd_stream {
   int job_running;
   int sync_wanted;
   struct sd_list sync_node;   /* in engine->sync_list while a job is wanted */
+  struct sd_list wake_node;   /* in engine->wake_list while new records await a wake-up */
   int meta_dirty;             /* stream.json and directories need a sync */
   uint64_t total_published, total_consumed;
   uint32_t subscribers;
@@ -138,6 +139,7 @@ struct sd_engine {
   char *data_dir, *streams_dir, *trash_dir;
   json_t *streams;            /* name -> stream (as a json_integer holding the pointer) */
   struct sd_list sync_list;
+  struct sd_list wake_list;   /* streams whose waiters learn of new records on the next pass */
   uv_idle_t idle;
   uv_timer_t interval_timer, retention_timer;
   uint64_t next_generation;
@@ -492,8 +494,12 @@ static void want_sync(struct sd_stream *s) {
 
 static void on_idle(uv_idle_t *h) {
   struct sd_engine *e = h->data;
-  struct sd_list later;
-  sd_list_init(&later);
+  while (!sd_list_empty(&e->wake_list)) {
+    struct sd_stream *s = SD_CONTAINER_OF(e->wake_list.next, struct sd_stream, wake_node);
+    sd_list_remove(&s->wake_node);
+    if (!s->deleted) wake_waiters(s, 0);
+    sd_stream_unref(s);
+  }
   while (!sd_list_empty(&e->sync_list)) {
     struct sd_stream *s = SD_CONTAINER_OF(e->sync_list.next, struct sd_stream, sync_node);
     sd_list_remove(&s->sync_node);
@@ -753,6 +759,7 @@ static struct sd_stream *stream_alloc(struct sd_engine *e, const char *name, con
   sd_list_init(&s->durable_ops);
   sd_list_init(&s->waiters);
   sd_list_init(&s->sync_node);
+  sd_list_init(&s->wake_node);
   s->name = strdup(name);
   s->dir = path_join(e->streams_dir, name);
   s->config_path = s->dir ? path_join(s->dir, "stream.json") : NULL;
@@ -927,6 +934,10 @@ int sd_engine_delete(struct sd_engine *e, const char *name, struct sd_durable_op
   s->deleted = 1;
   if (sd_list_linked(&s->sync_node)) {
     sd_list_remove(&s->sync_node);
+    sd_stream_unref(s);
+  }
+  if (sd_list_linked(&s->wake_node)) {
+    sd_list_remove(&s->wake_node);
     sd_stream_unref(s);
   }
   SD_INFO("stream %s deleted", name);
@@ -1162,7 +1173,12 @@ int sd_stream_append(struct sd_stream *s, const struct sd_event_in *ev, size_t n
     want_sync(s);
     return SD_PENDING;
   }
-  if (published) wake_waiters(s, 0);
+  if (published && !sd_list_linked(&s->wake_node)) {
+    /* Waiters learn of new records once per loop pass, not once per publish. */
+    sd_stream_ref(s);
+    sd_list_push_back(&e->wake_list, &s->wake_node);
+    uv_idle_start(&e->idle, on_idle);
+  }
   return 0;
 
 rollback:
@@ -1662,6 +1678,7 @@ int sd_engine_open(uv_loop_t *loop, const struct sd_engine_options *o, struct sd
   e->loop = loop;
   e->o = *o;
   sd_list_init(&e->sync_list);
+  sd_list_init(&e->wake_list);
   e->data_dir = strdup(o->data_dir);
   e->streams = json_object();
   if (e->data_dir == NULL || e->streams == NULL) {
@@ -1755,7 +1772,8 @@ int sd_engine_close(struct sd_engine *e) {
   uv_timer_stop(&e->retention_timer);
   uv_timer_stop(&e->interval_timer);
   /* Let running jobs finish; then sync what is left, on this thread. */
-  while (e->jobs_running > 0 || !sd_list_empty(&e->sync_list)) uv_run(e->loop, UV_RUN_ONCE);
+  while (e->jobs_running > 0 || !sd_list_empty(&e->sync_list) || !sd_list_empty(&e->wake_list))
+    uv_run(e->loop, UV_RUN_ONCE);
   const char *key;
   json_t *v;
   void *tmp;

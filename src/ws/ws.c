@@ -19,6 +19,8 @@
 #include <nettle/sha1.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <wslay/wslay.h>
 
@@ -464,6 +466,10 @@ void sd_ws_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls,
   c->upgraded = 1;
   c->fd = sock;
   c->urh = urh;
+  /* libmicrohttpd leaves the socket with Nagle on after the upgrade; frames
+   * are already gathered per pass, so each send should leave at once. */
+  int one = 1;
+  setsockopt(sock, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
   if (extra_in_size > 0) {
     c->extra = malloc(extra_in_size);
     if (c->extra) {
