@@ -29,6 +29,9 @@
 #include "streamd/log.h"
 
 #define FREE_REQS_MAX 1024
+/* Connections accepted past max_connections only to be answered 503; past
+ * these libmicrohttpd stops accepting and new clients wait in the backlog. */
+#define CONNECTION_SLACK 64
 #define KEEP_BUF_BYTES (256u * 1024u)
 
 static void schedule(struct sd_http *h);
@@ -191,6 +194,7 @@ static void queue_response(struct sd_req *req) {
   struct MHD_Response *resp =
       MHD_create_response_from_buffer(req->out.len, req->out.len ? req->out.data : (void *)"", MHD_RESPMEM_PERSISTENT);
   if (resp == NULL) return; /* MHD closes the connection */
+  if (req->status == 503) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
   if (req->out.len)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             req->content_type ? req->content_type : "application/json");
@@ -293,6 +297,10 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
                           enum MHD_ConnectionNotificationCode toe) {
   struct sd_http *h = cls;
   struct fresh *f = *socket_context;
+  if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+    h->connections++;
+  else
+    h->connections--;
   if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->header_timeout_s);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -369,6 +377,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
       return MHD_YES;
     }
     memcpy(req->path, url, n + 1);
+    if (h->connections > h->cfg->max_connections) {
+      /* libmicrohttpd accepts a few past the limit so they can be told. */
+      sd_req_error(req, SD_E_BUSY, "too many connections (max_connections)", NULL);
+      return MHD_YES;
+    }
     if (sd_routes_match(req) != 0) return MHD_YES; /* answered */
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl && strtoull(cl, NULL, 10) > h->cfg->max_body_bytes) {
@@ -489,7 +502,7 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
 
   h->daemon = MHD_start_daemon(
       flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-      MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+      MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections + CONNECTION_SLACK, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
       (unsigned int)cfg->per_ip_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(32 * 1024), MHD_OPTION_CONNECTION_MEMORY_INCREMENT,
       (size_t)4096, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024, MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_UNESCAPE_CALLBACK, unescape, h,

@@ -35,6 +35,7 @@ struct sd_http {
   int quiescing;
   uint64_t started_ms;
   size_t in_flight;      /* contexts between first call and completion */
+  size_t connections;    /* open connections, WebSocket ones included */
   size_t waiting;        /* suspended contexts */
   struct sd_list suspended;
   struct sd_list free_reqs;
