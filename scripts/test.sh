@@ -18,6 +18,9 @@ run() {
     echo "FAILED: $name"
   fi
 }
+websocket() {
+  (cd tests/ws && npm ci --silent --no-audit --no-fund >/dev/null && STREAMD_BIN="$OLDPWD/$1/streamd" node --test --test-concurrency=1 . 2>&1 | tail -n "${STREAMD_TEST_TAIL:-60}"; exit "${PIPESTATUS[0]}")
+}
 integration() {
   STREAMD_BIN="$1/streamd" python3 -m unittest discover -s tests/integration -t tests/integration -v 2>&1 | tail -n "${STREAMD_TEST_TAIL:-60}"
   return "${PIPESTATUS[0]}"
@@ -26,12 +29,14 @@ integration() {
 run "build" scripts/build.sh
 run "unit tests" ctest --test-dir build --output-on-failure
 run "integration tests" integration build
+run "websocket and browser tests" websocket build
 
 export ASAN_OPTIONS="abort_on_error=1:detect_leaks=1:strict_string_checks=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 run "build (asan+ubsan)" scripts/build.sh asan
 run "unit tests (asan+ubsan)" ctest --test-dir build-asan --output-on-failure
 run "integration tests (asan+ubsan)" integration build-asan
+run "websocket and browser tests (asan+ubsan)" websocket build-asan
 
 echo "summary: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

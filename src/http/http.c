@@ -263,8 +263,17 @@ const char *sd_req_header(struct sd_req *req, const char *name) {
   return MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, name);
 }
 
+/* MHD hands the socket over before it reports the request complete: from
+ * here the WebSocket connection owns itself, the request no longer does. */
+static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
+                        size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh) {
+  struct sd_req *req = con_cls;
+  if (req) req->ws = NULL;
+  sd_ws_upgraded(cls, connection, con_cls, extra_in, extra_in_size, sock, urh);
+}
+
 void sd_req_upgrade(struct sd_req *req, struct sd_ws_conn *c, const char *accept) {
-  struct MHD_Response *resp = MHD_create_response_for_upgrade(sd_ws_upgraded, c);
+  struct MHD_Response *resp = MHD_create_response_for_upgrade(on_upgraded, c);
   if (resp == NULL) {
     sd_ws_conn_discard(c);
     sd_req_error(req, -ENOMEM, NULL, NULL);

@@ -355,10 +355,16 @@ static void conn_update(struct sd_ws_conn *c) {
   if (c->dead) return;
   if (!c->closing && wslay_event_get_close_received(c->ctx) && !wslay_event_get_close_sent(c->ctx))
     c->closing = 1; /* wslay queued the reply close */
-  conn_refill(c);
-  if (conn_flush(c) != 0) {
-    conn_destroy(c);
-    return;
+  /* Fill and write until the socket pushes back or the log is exhausted
+   * (then a waiter is registered, or the connection is closing). */
+  for (;;) {
+    conn_refill(c);
+    if (conn_flush(c) != 0) {
+      conn_destroy(c);
+      return;
+    }
+    int blocked = c->out_off < c->out.len || wslay_event_want_write(c->ctx);
+    if (blocked || c->closing || sd_list_linked(&c->waiter.node)) break;
   }
   int pending = c->out_off < c->out.len || wslay_event_want_write(c->ctx);
   if (c->closing && !pending && wslay_event_get_close_sent(c->ctx)) {
