@@ -1473,7 +1473,7 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
     }
     bases[nb++] = strtoull(de->d_name, NULL, 10);
   }
-  qsort(bases, nb, sizeof(*bases), cmp_u64);
+  if (nb > 1) qsort(bases, nb, sizeof(*bases), cmp_u64);
   uint64_t expect = 0;
   for (size_t i = 0; i < nb; i++) {
     char path[PATH_MAX];

@@ -248,7 +248,7 @@ static void wake(struct sd_group *g, int status) {
  * settle (target), so one key is never in two consumers' hands. */
 static void rebalance(struct sd_group *g) {
   if (!g->cfg.partitioned) return;
-  qsort(g->cons, g->ncons, sizeof(*g->cons), cmp_cons);
+  if (g->ncons > 1) qsort(g->cons, g->ncons, sizeof(*g->cons), cmp_cons);
   int changed = 0;
   for (uint32_t p = 0; p < g->np; p++) {
     struct gpart *gp = &g->parts[p];
@@ -699,7 +699,7 @@ void sd_group_consumers(const struct sd_group *cg,
   struct sd_group *g = (struct sd_group *)cg;
   uint32_t *parts = malloc((g->np ? g->np : 1) * sizeof(*parts));
   if (parts == NULL) return;
-  qsort(g->cons, g->ncons, sizeof(*g->cons), cmp_cons);
+  if (g->ncons > 1) qsort(g->cons, g->ncons, sizeof(*g->cons), cmp_cons);
   for (uint32_t i = 0; i < g->ncons; i++) {
     uint32_t n = 0;
     if (g->cfg.partitioned)
