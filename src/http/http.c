@@ -227,23 +227,24 @@ void sd_req_finish(struct sd_req *req, unsigned status) {
   kick(req->h);
 }
 
+int sd_json_dump(struct sd_buf *b, const json_t *v) {
+  for (;;) {
+    size_t room = b->cap - b->len;
+    size_t n = json_dumpb(v, room ? b->data + b->len : NULL, room, JSON_ENCODE_ANY | JSON_COMPACT);
+    if (n == 0) return -EINVAL;
+    if (n <= room) {
+      b->len += n;
+      return 0;
+    }
+    int rc = sd_buf_reserve(b, n);
+    if (rc != 0) return rc;
+  }
+}
+
 int sd_json_str(struct sd_buf *b, const char *s, size_t len) {
   json_t *j = json_stringn_nocheck(s, len);
   if (j == NULL) return -ENOMEM;
-  int rc = sd_buf_reserve(b, len + 2);
-  for (;;) {
-    if (rc != 0) break;
-    size_t n = json_dumpb(j, b->data + b->len, b->cap - b->len, JSON_ENCODE_ANY | JSON_COMPACT);
-    if (n == 0) {
-      rc = -EINVAL;
-      break;
-    }
-    if (n <= b->cap - b->len) {
-      b->len += n;
-      break;
-    }
-    rc = sd_buf_reserve(b, n);
-  }
+  int rc = sd_json_dump(b, j);
   json_decref(j);
   return rc;
 }

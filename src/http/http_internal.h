@@ -125,6 +125,9 @@ void sd_routes_release(struct sd_req *req);
 /* Answers a waiting long poll at once (shutdown). */
 void sd_routes_wake(struct sd_req *req);
 
+/* Appends the compact JSON text of v to b.  0, -ENOMEM or -EINVAL. */
+int sd_json_dump(struct sd_buf *b, const json_t *v);
+
 /* Encodes s as a JSON string into b.  0 or -ENOMEM. */
 int sd_json_str(struct sd_buf *b, const char *s, size_t len);
 

@@ -160,22 +160,6 @@ static int parse_body(struct sd_req *req, int allow_empty, size_t flags) {
   return 0;
 }
 
-/* Appends the compact JSON text of v (strings and objects of strings here) to b. */
-static int dump_json(struct sd_buf *b, const json_t *v) {
-  size_t flags = JSON_ENCODE_ANY | JSON_COMPACT;
-  for (;;) {
-    size_t room = b->cap - b->len;
-    size_t n = json_dumpb(v, room ? b->data + b->len : NULL, room, flags);
-    if (n == 0) return -EINVAL;
-    if (n <= room) {
-      b->len += n;
-      return 0;
-    }
-    int rc = sd_buf_reserve(b, n);
-    if (rc != 0) return rc;
-  }
-}
-
 static struct sd_stream *find_stream(struct sd_req *req) {
   struct sd_stream *s = sd_engine_find(req->h->engine, req->parts[1]);
   if (s == NULL) {
@@ -621,10 +605,10 @@ static int encode_event(struct sd_req *req, json_t *o, size_t idx, int batch, st
   }
   size_t start = b->len;
   int rc = SD_BUF_LIT(b, "\"event\":");
-  if (rc == 0) rc = dump_json(b, event);
-  if (rc == 0 && key) rc = SD_BUF_LIT(b, ",\"key\":") ?: dump_json(b, key);
-  if (rc == 0 && headers) rc = SD_BUF_LIT(b, ",\"headers\":") ?: dump_json(b, headers);
-  if (rc == 0 && id) rc = SD_BUF_LIT(b, ",\"id\":") ?: dump_json(b, id);
+  if (rc == 0) rc = sd_json_dump(b, event);
+  if (rc == 0 && key) rc = SD_BUF_LIT(b, ",\"key\":") ?: sd_json_dump(b, key);
+  if (rc == 0 && headers) rc = SD_BUF_LIT(b, ",\"headers\":") ?: sd_json_dump(b, headers);
+  if (rc == 0 && id) rc = SD_BUF_LIT(b, ",\"id\":") ?: sd_json_dump(b, id);
   /* data is kept byte for byte as received. */
   struct sd_span dspan;
   if (rc == 0) rc = SD_BUF_LIT(b, ",\"data\":");
