@@ -74,6 +74,10 @@ int sd_group_leave(struct sd_group *g, const char *consumer);
 /* Pending events last delivered to consumer. */
 uint32_t sd_group_pending_of(const struct sd_group *g, const char *consumer);
 
+/* A WebSocket connection of consumer opens (+1) or closes (-1): a
+ * consumer with an open connection stays live. */
+void sd_group_attach(struct sd_group *g, const char *consumer, int delta);
+
 /* Marks consumer as seen now (joining it if new). */
 void sd_group_touch(struct sd_group *g, const char *consumer);
 

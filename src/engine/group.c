@@ -70,6 +70,7 @@ struct gcons {
   uint32_t id;
   char *name;
   uint64_t last_seen;
+  uint32_t attached;  /* open WebSocket connections: live while any */
 };
 
 struct dead_ent {
@@ -303,7 +304,7 @@ static struct gcons *cons_join(struct sd_group *g, const char *name, uint64_t no
   char *copy = strdup(name);
   if (copy == NULL) return NULL;
   uint32_t id = g->next_id++;
-  g->cons[g->ncons++] = (struct gcons){id, copy, now};
+  g->cons[g->ncons++] = (struct gcons){id, copy, now, 0};
   rebalance(g);
   return cons_find(g, name);
 }
@@ -555,6 +556,16 @@ uint32_t sd_group_pending_of(const struct sd_group *cg, const char *consumer) {
   return n;
 }
 
+void sd_group_attach(struct sd_group *g, const char *consumer, int delta) {
+  struct gcons *c = delta > 0 ? cons_join(g, consumer, sd_now_ms()) : cons_find(g, consumer);
+  if (c == NULL) return;
+  if (delta > 0)
+    c->attached++;
+  else if (c->attached > 0)
+    c->attached--;
+  c->last_seen = sd_now_ms();
+}
+
 void sd_group_touch(struct sd_group *g, const char *consumer) {
   if (consumer) cons_join(g, consumer, sd_now_ms());
 }
@@ -671,6 +682,7 @@ int sd_group_ack(struct sd_group *g, const char *consumer, uint32_t partition, u
                  (unsigned long long)lo, (unsigned long long)hi);
   win_advance(gp);
   handover_if_settled(g, gp);
+  wake(g, 0); /* consumers held back by their prefetch may go on */
   return rc;
 }
 
@@ -742,6 +754,7 @@ static void on_tick(uv_timer_t *t) {
     n = n->next;
     for (uint32_t i = 0; i < g->ncons;) {
       struct gcons *c = &g->cons[i];
+      if (c->attached) c->last_seen = now;
       if (c->last_seen + g->cfg.session_timeout_ms < now) {
         SD_INFO("stream %s group %s: consumer %s timed out", sd_stream_name(gs->s), g->name, c->name);
         cons_remove(g, c);

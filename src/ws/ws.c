@@ -64,6 +64,7 @@ struct sd_ws_conn {
   struct sd_group *group;   /* a group consumer; NULL: a plain subscriber */
   uint32_t prefetch;        /* group: most unacked events */
   uint32_t inflight;        /* group: delivered here, not yet acked here */
+  int acking;               /* inside sd_group_ack for this connection */
   int32_t partition;  /* -1: every partition */
   uint32_t nparts;
   uint32_t rr;
@@ -151,9 +152,14 @@ static int ack_item(struct sd_ws_conn *c, json_t *a) {
   json_int_t hi = json_is_integer(o) ? json_integer_value(o) : json_integer_value(t);
   uint64_t acked = 0;
   if ((p && !json_is_integer(p)) || !(json_is_integer(o) || (json_is_integer(f) && json_is_integer(t))) || pv < 0 ||
-      lo < 0 || hi < lo)
+      pv >= (json_int_t)c->nparts || lo < 0 || hi < lo)
     return -1;
-  if (sd_group_ack(c->group, c->consumer, (uint32_t)pv, (uint64_t)lo, (uint64_t)hi, &acked) != 0) return -1;
+  /* The ack wakes the group's waiters, this connection among them; it
+   * refills once the frame is handled (conn_update), with inflight right. */
+  c->acking = 1;
+  int rc = sd_group_ack(c->group, c->consumer, (uint32_t)pv, (uint64_t)lo, (uint64_t)hi, &acked);
+  c->acking = 0;
+  if (rc != 0) return -1;
   c->inflight = acked >= c->inflight ? 0 : c->inflight - (uint32_t)acked;
   return 0;
 }
@@ -163,7 +169,11 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
   struct sd_ws_conn *c = user;
   (void)ctx;
   if (arg->opcode == WSLAY_PONG) c->awaiting_pong = 0;
-  if (arg->opcode != WSLAY_TEXT_FRAME || c->group == NULL || c->closing) return;
+  if (c->group == NULL || c->closing || (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)) return;
+  if (arg->opcode == WSLAY_BINARY_FRAME) {
+    conn_close(c, 1007, "acks are text frames");
+    return;
+  }
   json_t *j = json_loadb((const char *)arg->msg, arg->msg_length, 0, NULL);
   json_t *ack = json_object_get(j, "ack");
   int bad = ack == NULL;
@@ -320,6 +330,7 @@ static void conn_refill(struct sd_ws_conn *c) {
 
 static void on_wake(struct sd_waiter *w, int status) {
   struct sd_ws_conn *c = w->data;
+  if (status == 0 && c->acking) return; /* conn_update follows the ack */
   if (status == SD_E_STREAM_DELETED) {
     conn_close(c, 4404, "stream deleted");
   } else if (status == SD_E_GROUP_NOT_FOUND) {
@@ -415,6 +426,7 @@ static void conn_destroy(struct sd_ws_conn *c) {
   sd_list_remove(&c->node);
   c->srv->count--;
   sd_stream_subscribers_add(c->stream, -1);
+  if (c->group && !sd_group_deleted(c->group)) sd_group_attach(c->group, c->consumer, -1);
   uv_poll_stop(&c->poll);
   uv_close((uv_handle_t *)&c->poll, poll_closed);
 }
@@ -488,6 +500,7 @@ void sd_ws_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls,
   sd_list_push_back(&srv->conns, &c->node);
   srv->count++;
   sd_stream_subscribers_add(c->stream, 1);
+  if (c->group) sd_group_attach(c->group, c->consumer, 1);
   if (srv->closing) conn_close(c, 1001, "server shutting down");
   if (c->extra_len) {
     if (wslay_event_recv(c->ctx) != 0) {
