@@ -1556,7 +1556,8 @@ static int rebuild_ids(struct sd_stream *s) {
       if (seg->count == 0 || seg->last_ts < cutoff) continue;
       for (uint32_t r = sd_segment_seek_time(seg, cutoff); r < seg->count; r++) {
         struct sd_record rec;
-        if (sd_segment_record(seg, r, &rec) != 0 || rec.id_len == 0) continue;
+        /* Only records with an id are read (and checked). */
+        if (sd_segment_id_len(seg, r) == 0 || sd_segment_record(seg, r, &rec) != 0) continue;
         int rc = dedup_insert(s, rec.id, rec.id_len, p, rec.offset, rec.timestamp_ms);
         if (rc != 0) return rc;
       }

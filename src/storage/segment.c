@@ -483,6 +483,11 @@ int sd_segment_record(const struct sd_segment *seg, uint32_t i, struct sd_record
   return 0;
 }
 
+uint16_t sd_segment_id_len(const struct sd_segment *seg, uint32_t i) {
+  SD_ASSERT(i < seg->count);
+  return get16(seg->map + seg->pos[i] + 24);
+}
+
 uint32_t sd_segment_seek_time(const struct sd_segment *seg, uint64_t ts) {
   uint32_t lo = 0, hi = seg->count;
   while (lo < hi) {

@@ -133,6 +133,10 @@ static inline int64_t sd_segment_find(const struct sd_segment *seg, uint64_t off
  * after checking its checksum.  SD_E_CORRUPT when it fails. */
 int sd_segment_record(const struct sd_segment *seg, uint32_t i, struct sd_record *rec);
 
+/* Length of record i's idempotency id, from its header, unchecked (a
+ * cheap filter: sd_segment_record checks the record). */
+uint16_t sd_segment_id_len(const struct sd_segment *seg, uint32_t i);
+
 /* Index of the first record with timestamp >= ts (count when none). */
 uint32_t sd_segment_seek_time(const struct sd_segment *seg, uint64_t ts);
 
