@@ -1,7 +1,8 @@
 /*
  * fancommon.h - shared by bench/wsfan.c and bench/redisfan.c (header-only,
  * each client is one translation unit): options, the paced publisher, the
- * per-subscriber bookkeeping, the latency histogram and the result line.
+ * per-subscriber bookkeeping and the result line (the generic helpers are in
+ * benchcommon.h).
  *
  * The publisher sends event number s (0, 1, ...) with
  *   data = {"t":<send time, us since the epoch>,"s":<s>,"pad":"xxx..."}
@@ -12,23 +13,9 @@
  * missing and duplicate counts at the end.
  */
 #ifndef FANCOMMON_H
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* memmem */
-#endif
 #define FANCOMMON_H
 
-#include <errno.h>
-#include <getopt.h>
-#include <inttypes.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/random.h>
-#include <sys/resource.h>
-#include <time.h>
-#include <uv.h>
+#include "benchcommon.h" /* logging, clocks, descriptor limit, histogram */
 
 /* ---------------------------------------------------------------- options */
 struct fan_opts {
@@ -93,112 +80,6 @@ static void fan_parse(int argc, char **argv, struct fan_opts *o) {
   if (o->port <= 0 || o->subs < 1 || o->rate <= 0 || o->duration <= 0 || o->pub_conns < 1 ||
       o->connect_parallel < 1 || o->data_bytes < 0)
     fan_usage(argv[0]);
-}
-
-static int fan_quiet;
-static void fan_log(const char *fmt, ...) {
-  if (fan_quiet) return;
-  va_list ap;
-  va_start(ap, fmt);
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  fprintf(stderr, "[fan %ld.%03ld] ", (long)ts.tv_sec, ts.tv_nsec / 1000000);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-}
-
-static void fan_die(const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fputs("[fan] error: ", stderr);
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
-  va_end(ap);
-  exit(1);
-}
-
-/* ---------------------------------------------------------------- time, fds */
-static inline uint64_t now_us(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
-static void raise_nofile(int need) {
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
-  if (rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-    getrlimit(RLIMIT_NOFILE, &rl);
-  }
-  if (rl.rlim_cur != RLIM_INFINITY && (long long)rl.rlim_cur < (long long)need)
-    fan_die("RLIMIT_NOFILE is %llu (hard %llu), %d descriptors needed: raise ulimit -Hn",
-            (unsigned long long)rl.rlim_cur, (unsigned long long)rl.rlim_max, need);
-}
-
-static inline void fill_random(void *p, size_t n) {
-  uint8_t *b = p;
-  while (n > 0) {
-    ssize_t r = getrandom(b, n, 0);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      fan_die("getrandom: %s", strerror(errno));
-    }
-    b += r;
-    n -= (size_t)r;
-  }
-}
-
-/* ---------------------------------------------------------------- histogram
- * Values below 2048 us are exact; above, 1024 sub-buckets per power of two
- * (0.1% resolution). */
-#define H_LINEAR 2048u
-#define H_SUB_BITS 10
-#define H_MAX_EXP 44
-#define H_BUCKETS (H_LINEAR + (H_MAX_EXP - 11 + 1) * (1u << H_SUB_BITS))
-
-struct hist {
-  uint64_t b[H_BUCKETS];
-  uint64_t count, max;
-};
-
-static inline unsigned h_index(uint64_t v) {
-  if (v < H_LINEAR) return (unsigned)v;
-  unsigned e = 63u - (unsigned)__builtin_clzll(v);
-  if (e > H_MAX_EXP) return H_BUCKETS - 1;
-  unsigned sub = (unsigned)(v >> (e - H_SUB_BITS)) & ((1u << H_SUB_BITS) - 1);
-  return H_LINEAR + (e - 11) * (1u << H_SUB_BITS) + sub;
-}
-
-static inline uint64_t h_value(unsigned i) {
-  if (i < H_LINEAR) return i;
-  unsigned e = (i - H_LINEAR) / (1u << H_SUB_BITS) + 11;
-  unsigned sub = (i - H_LINEAR) % (1u << H_SUB_BITS);
-  return ((uint64_t)1 << e) + ((uint64_t)sub << (e - H_SUB_BITS));
-}
-
-static inline void h_add(struct hist *h, int64_t v) {
-  if (v < 0) v = 0;
-  h->b[h_index((uint64_t)v)]++;
-  h->count++;
-  if ((uint64_t)v > h->max) h->max = (uint64_t)v;
-}
-
-static uint64_t h_pct(const struct hist *h, double p) {
-  if (h->count == 0) return 0;
-  uint64_t rank = (uint64_t)(p / 100.0 * (double)h->count + 0.999999);
-  if (rank < 1) rank = 1;
-  uint64_t acc = 0;
-  for (unsigned i = 0; i < H_BUCKETS; i++) {
-    acc += h->b[i];
-    if (acc >= rank) {
-      uint64_t v = h_value(i);
-      return v > h->max ? h->max : v;
-    }
-  }
-  return h->max;
 }
 
 /* ---------------------------------------------------------------- payload */
@@ -267,7 +148,8 @@ static struct fan F;
 
 static void fan_init(int argc, char **argv) {
   fan_parse(argc, argv, &F.o);
-  fan_quiet = F.o.quiet;
+  bench_quiet = F.o.quiet;
+  bench_tag = "fan";
   F.loop = uv_default_loop();
   F.total = (uint64_t)(F.o.rate * F.o.duration + 0.5);
   if (F.total == 0) F.total = 1;
@@ -275,7 +157,7 @@ static void fan_init(int argc, char **argv) {
   F.ss = calloc((size_t)F.o.subs, sizeof(*F.ss));
   F.idle = calloc((size_t)F.o.pub_conns, sizeof(int));
   F.inflight_t = calloc((size_t)F.o.pub_conns, sizeof(uint64_t));
-  if (!F.ok_bits || !F.ss || !F.idle || !F.inflight_t) fan_die("out of memory");
+  if (!F.ok_bits || !F.ss || !F.idle || !F.inflight_t) bench_die("out of memory");
   raise_nofile(F.o.subs + F.o.pub_conns + 64);
 }
 
@@ -293,7 +175,7 @@ static void fan_delivery(int sub, const char *p, size_t len) {
   }
   if (st->seen == NULL) {
     st->seen = calloc(F.total / 8 + 1, 1);
-    if (st->seen == NULL) fan_die("out of memory");
+    if (st->seen == NULL) bench_die("out of memory");
   }
   if (bit_get(st->seen, s)) st->dups++;
   bit_set(st->seen, s);

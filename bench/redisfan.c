@@ -49,10 +49,10 @@ static void finish(int rc) {
 static redisAsyncContext *connect_ac(void *data, void (*on_connect)(const redisAsyncContext *, int),
                                      void (*on_disconnect)(const redisAsyncContext *, int)) {
   redisAsyncContext *ac = redisAsyncConnect(F.o.host, F.o.port);
-  if (ac == NULL) fan_die("redisAsyncConnect: out of memory");
-  if (ac->err) fan_die("redis connect to %s:%d: %s", F.o.host, F.o.port, ac->errstr);
+  if (ac == NULL) bench_die("redisAsyncConnect: out of memory");
+  if (ac->err) bench_die("redis connect to %s:%d: %s", F.o.host, F.o.port, ac->errstr);
   ac->data = data;
-  if (redisLibuvAttach(ac, F.loop) != REDIS_OK) fan_die("redisLibuvAttach failed");
+  if (redisLibuvAttach(ac, F.loop) != REDIS_OK) bench_die("redisLibuvAttach failed");
   redisAsyncSetConnectCallback(ac, on_connect);
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
   return ac;
@@ -163,12 +163,12 @@ static void pub_send(int c, uint64_t s, uint64_t t) {
   int n = fan_data(data, sizeof(data), t, s, F.o.data_bytes);
   p->s = s;
   if (redisAsyncCommand(p->ac, on_xadd, p, "XADD %s * event b data %b", F.o.stream, data, (size_t)n) != REDIS_OK)
-    fan_die("XADD could not be sent");
+    bench_die("XADD could not be sent");
 }
 
 static void pub_connect_cb(const redisAsyncContext *ac, int status) {
   struct rpub *p = ac->data;
-  if (status != REDIS_OK) fan_die("publisher connect: %s", ac->errstr);
+  if (status != REDIS_OK) bench_die("publisher connect: %s", ac->errstr);
   pubs_connected++;
   fan_pub_ready(p->idx);
 }
@@ -183,7 +183,7 @@ static void on_info(redisAsyncContext *ac, void *r, void *priv) {
   redisReply *reply = r;
   (void)ac;
   (void)priv;
-  if (reply == NULL || reply->type != REDIS_REPLY_STRING) fan_die("INFO clients failed");
+  if (reply == NULL || reply->type != REDIS_REPLY_STRING) bench_die("INFO clients failed");
   const char *b = strstr(reply->str, "blocked_clients:");
   long blocked = b ? strtol(b + 16, NULL, 10) : -1;
   if (started) return;
@@ -197,7 +197,7 @@ static void on_info(redisAsyncContext *ac, void *r, void *priv) {
       } else {
         F.subs_failed++;
       }
-    fan_log("%d subscribers blocked in XREAD (%d failed); publishing %.0f events/s for %.0fs on %d connections",
+    bench_log("%d subscribers blocked in XREAD (%d failed); publishing %.0f events/s for %.0fs on %d connections",
             F.subs_ok, F.subs_failed, F.o.rate, F.o.duration, F.o.pub_conns);
     if (F.subs_ok == 0) finish(1);
     fan_pub_start();
@@ -218,7 +218,7 @@ static void on_del(redisAsyncContext *ac, void *r, void *priv) {
   redisReply *reply = r;
   (void)ac;
   (void)priv;
-  if (reply == NULL || reply->type == REDIS_REPLY_ERROR) fan_die("DEL %s failed", F.o.stream);
+  if (reply == NULL || reply->type == REDIS_REPLY_ERROR) bench_die("DEL %s failed", F.o.stream);
   for (int i = 0; i < F.o.pub_conns; i++) {
     pubs[i].idx = i;
     pubs[i].ac = connect_ac(&pubs[i], pub_connect_cb, pub_disconnect_cb);
@@ -234,7 +234,7 @@ static void on_del(redisAsyncContext *ac, void *r, void *priv) {
 }
 
 static void ctl_connect_cb(const redisAsyncContext *ac, int status) {
-  if (status != REDIS_OK) fan_die("control connect: %s", ac->errstr);
+  if (status != REDIS_OK) bench_die("control connect: %s", ac->errstr);
 }
 static void ctl_disconnect_cb(const redisAsyncContext *ac, int status) {
   (void)ac;
@@ -251,7 +251,7 @@ static void on_drain(uv_timer_t *t) {
 }
 
 static void on_published(void) {
-  fan_log("published %" PRIu64 " (%" PRIu64 " failed); waiting for deliveries", F.ok, F.errors);
+  bench_log("published %" PRIu64 " (%" PRIu64 " failed); waiting for deliveries", F.ok, F.errors);
   uv_timer_init(F.loop, &drain_timer);
   uv_timer_start(&drain_timer, on_drain, 0, 5);
 }
@@ -268,7 +268,7 @@ int main(int argc, char **argv) {
   F.on_published = on_published;
   subs = calloc((size_t)F.o.subs, sizeof(*subs));
   pubs = calloc((size_t)F.o.pub_conns, sizeof(*pubs));
-  if (!subs || !pubs) fan_die("out of memory");
+  if (!subs || !pubs) bench_die("out of memory");
   uv_timer_init(F.loop, &cap_timer);
   uv_timer_start(&cap_timer, on_cap,
                  (uint64_t)((F.o.connect_timeout + F.o.duration * 2 + F.o.drain + 120) * 1000), 0);

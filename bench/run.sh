@@ -4,14 +4,15 @@
 # Not part of CI. See bench/README.md.
 #
 #   bench/run.sh                      all scenarios
-#   bench/run.sh publish              one scenario (publish, catchup, fanout)
+#   bench/run.sh publish              one scenario (publish, catchup, fanout, batch,
+#                                     groups, memory)
 #   bench/run.sh --dry                peers only: no build, no streamd
 #
 # Environment (defaults in brackets):
 #   BENCH_RUNS [3]            measured runs per target
 #   BENCH_DURATION [5]        seconds per measured run (publish, Redis runs)
 #   BENCH_WARMUP [1]          unmeasured warm-up seconds per target, 0 = none
-#   BENCH_SCENARIOS           default list of scenarios ["publish catchup"]
+#   BENCH_SCENARIOS           default list of scenarios ["publish catchup fanout batch groups memory"]
 #   BENCH_DRY [0]             1 = same as --dry
 #   BENCH_KEEP [0]            1 = keep the temp dir (data, logs, configs)
 #   BENCH_CONNECTIONS [50]    wrk/redis-benchmark connections for publish
@@ -28,6 +29,18 @@
 #   BENCH_FAN_BIG [10000]     fanout: subscribers of the streamd-only line, 0 = skip it
 #   BENCH_FAN_BIG_RATE [100]  fanout: events/s of that line
 #   BENCH_FAN_BIG_PUB_CONNS [16] fanout: publisher connections of that line
+#   BENCH_BATCH [100]         batch: events per publish request
+#   BENCH_BATCH_PIPELINE [16] batch: redis-benchmark -P (XADDs in flight per connection)
+#   BENCH_GROUP_EVENTS [200000] groups: events preloaded and acked per run
+#   BENCH_GROUP_PARTITIONS [4] groups: partitions of the stream
+#   BENCH_GROUP_CONSUMERS [4] groups: consumer loops
+#   BENCH_GROUP_LIMIT [100]   groups: events per fetch (limit, COUNT)
+#   BENCH_MEM_EVENTS [1000000] memory: events stored for the RSS figures
+#   BENCH_MEM_STREAMS [10]    memory: streams they are spread over
+#   BENCH_MEM_CONNS [10000]   memory: idle keep-alive connections held open
+#   BENCH_START_EVENTS [1000000] memory: events of the start-up data set
+#   BENCH_START_DATA_BYTES [1000] memory: data bytes per start-up event (~1 GiB in all)
+#   BENCH_START_COLD [1]      memory: 1 = one cold start-up after drop_caches, if permitted
 #   STREAMD_BIN               use this binary instead of building one
 #   STREAMD_ARGS              extra streamd flags, e.g. "--segment-bytes 67108864"
 set -euo pipefail
@@ -39,7 +52,7 @@ BUILD_DIR="$REPO/build-bench"
 RUNS=${BENCH_RUNS:-3}
 DURATION=${BENCH_DURATION:-5}
 WARMUP=${BENCH_WARMUP:-1}
-SCENARIOS=${BENCH_SCENARIOS:-"publish catchup fanout"}
+SCENARIOS=${BENCH_SCENARIOS:-"publish catchup fanout batch groups memory"}
 DRY=${BENCH_DRY:-0}
 KEEP=${BENCH_KEEP:-0}
 CONNS=${BENCH_CONNECTIONS:-50}
@@ -56,6 +69,21 @@ FAN_PUB_CONNS=${BENCH_FAN_PUB_CONNS:-64}
 FAN_BIG=${BENCH_FAN_BIG:-10000}
 FAN_BIG_RATE=${BENCH_FAN_BIG_RATE:-100}
 FAN_BIG_PUB_CONNS=${BENCH_FAN_BIG_PUB_CONNS:-16}
+BATCH_SIZE=${BENCH_BATCH:-100}
+BATCH_PIPELINE=${BENCH_BATCH_PIPELINE:-16}
+GROUP_EVENTS=${BENCH_GROUP_EVENTS:-200000}
+GROUP_PARTITIONS=${BENCH_GROUP_PARTITIONS:-4}
+GROUP_CONSUMERS=${BENCH_GROUP_CONSUMERS:-4}
+GROUP_LIMIT=${BENCH_GROUP_LIMIT:-100}
+MEM_EVENTS=${BENCH_MEM_EVENTS:-1000000}
+MEM_STREAMS=${BENCH_MEM_STREAMS:-10}
+MEM_CONNS=${BENCH_MEM_CONNS:-10000}
+START_EVENTS=${BENCH_START_EVENTS:-1000000}
+START_DATA_BYTES=${BENCH_START_DATA_BYTES:-1000}
+START_COLD=${BENCH_START_COLD:-1}
+# the project's targets for the memory scenario
+MEM_TARGET_MB=100      # RSS, MB (10^6 bytes)
+START_TARGET_MS=2000   # exec to the first 200 of GET /health, ~1 GiB of data
 STREAMD_BIN=${STREAMD_BIN:-}
 STREAMD_ARGS=${STREAMD_ARGS:-}
 
@@ -90,13 +118,16 @@ ensure_packages() {
     command -v cmake >/dev/null || missing+=(cmake)
     command -v cc >/dev/null || missing+=(build-essential)
   fi
-  if [[ " $SCENARIOS " == *" fanout "* ]]; then
-    # the fan-out clients (bench/wsfan.c, bench/redisfan.c), built with gcc
+  if [[ " $SCENARIOS " == *" fanout "* ]] || [[ " $SCENARIOS " == *" groups "* ]]; then
+    # the C clients (bench/wsfan.c, bench/redisfan.c, bench/groupbench.c,
+    # bench/redisgroup.c), built with gcc
     command -v gcc >/dev/null || missing+=(gcc libc6-dev)
     [ -e /usr/include/uv.h ] || missing+=(libuv1-dev)
+    [ -e /usr/include/hiredis/adapters/libuv.h ] || missing+=(libhiredis-dev)
+  fi
+  if [[ " $SCENARIOS " == *" fanout "* ]]; then
     [ -e /usr/include/wslay/wslay.h ] || missing+=(libwslay-dev)
     [ -e /usr/include/nettle/sha1.h ] || missing+=(nettle-dev)
-    [ -e /usr/include/hiredis/adapters/libuv.h ] || missing+=(libhiredis-dev)
   fi
   [ ${#missing[@]} -eq 0 ] && return 0
 
@@ -198,7 +229,7 @@ proc_ticks() {
 ticks_to_s() { awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }'; }
 
 # ---------------------------------------------------------------- servers
-declare -A SD_PORT=() SD_PID=()
+declare -A SD_PORT=() SD_PID=() SD_MODE=() SD_FLAGS=()
 NGINX_PORT="" NGINX_PID="" REDIS_PORT="" REDIS_PID=""
 
 wait_until() { # SECONDS DESCRIPTION PID COMMAND...
@@ -230,14 +261,19 @@ build_streamd() {
   [ -n "$STREAMD_BIN" ] && [ -x "$STREAMD_BIN" ] || die "no streamd binary under build-bench/"
 }
 
-# ensure_streamd MODE: one instance per durability mode, each with its own
-# data dir; both stay up (idle when not measured) so that runs interleave.
+# ensure_streamd KEY [MODE [FLAGS...]]: one instance per KEY, with its own
+# data dir ($WORK/streamd-KEY) and log; MODE (durability) defaults to KEY,
+# so that "ensure_streamd always" is the durability=always instance. All
+# stay up (idle when not measured) so that runs interleave. MODE and FLAGS
+# are remembered for restart_streamd.
 ensure_streamd() {
-  local mode=$1 port dir logf pid
-  [ -n "${SD_PID[$mode]:-}" ] && return 0
+  local key=$1 mode=${2:-${SD_MODE[$1]:-$1}} port dir logf pid
+  [ -n "${SD_PID[$key]:-}" ] && return 0
+  [ $# -gt 2 ] && SD_FLAGS[$key]="${*:3}"
+  SD_MODE[$key]=$mode
   port=$(freeport)
-  dir="$WORK/streamd-$mode"
-  logf="$WORK/streamd-$mode.log"
+  dir="$WORK/streamd-$key"
+  logf="$WORK/streamd-$key.log"
   mkdir -p "$dir"
   local extra=() maxc=$((FAN_BIG + FAN_SUBS + 1000))
   # fanout's FAN_BIG subscribers and the publishers may not fit in the
@@ -247,26 +283,31 @@ ensure_streamd() {
   fi
   # shellcheck disable=SC2086
   "$STREAMD_BIN" --host 127.0.0.1 --port "$port" --data-dir "$dir" \
-    --durability "$mode" ${extra[@]+"${extra[@]}"} $STREAMD_ARGS >"$logf" 2>&1 &
+    --durability "$mode" ${extra[@]+"${extra[@]}"} ${SD_FLAGS[$key]:-} $STREAMD_ARGS >"$logf" 2>&1 &
   pid=$!
-  PIDS+=("$pid"); PROC_NAME[$pid]="streamd ($mode)"
-  wait_until 30 "streamd ($mode)" "$pid" grep -q "listening on" "$logf"
-  wait_until 10 "streamd ($mode) /health" "$pid" http_ok "http://127.0.0.1:$port/health"
-  SD_PORT[$mode]=$port; SD_PID[$mode]=$pid
-  log "streamd --durability $mode: pid $pid, port $port, data $dir"
+  PIDS+=("$pid"); PROC_NAME[$pid]="streamd ($key)"
+  wait_until 30 "streamd ($key)" "$pid" grep -q "listening on" "$logf"
+  wait_until 10 "streamd ($key) /health" "$pid" http_ok "http://127.0.0.1:$port/health"
+  SD_PORT[$key]=$port; SD_PID[$key]=$pid
+  log "streamd $key --durability $mode ${SD_FLAGS[$key]:-}: pid $pid, port $port, data $dir"
 }
 
-# restart_streamd MODE: a fresh process on the same data dir (the fan-out
-# runs measure the server's RSS, which a previous run's freed heap inflates)
+# stop_streamd KEY: SIGTERM (SIGKILL after 10 s) and forget the instance
+stop_streamd() {
+  local key=$1 pid=${SD_PID[$1]:-} p keep=()
+  [ -n "$pid" ] || return 0
+  stop_proc "$pid"
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  PIDS=(${keep[@]+"${keep[@]}"})
+  unset 'SD_PID[$key]' 'SD_PORT[$key]'
+}
+
+# restart_streamd KEY: a fresh process on the same data dir (the fan-out
+# and memory runs measure the server's RSS, which a previous run's freed
+# heap inflates)
 restart_streamd() {
-  local mode=$1 pid=${SD_PID[$1]:-} p keep=()
-  if [ -n "$pid" ]; then
-    stop_proc "$pid"
-    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-    PIDS=(${keep[@]+"${keep[@]}"})
-    unset 'SD_PID[$mode]' 'SD_PORT[$mode]'
-  fi
-  ensure_streamd "$mode"
+  stop_streamd "$1"
+  ensure_streamd "$1"
 }
 
 ensure_nginx() {
@@ -346,6 +387,17 @@ record() {
         "$(awk -v c="$4" -v o="$3" 'BEGIN { printf (o > 0 ? "%.1f" : "-"), c * 1e6 / o }')")"
 }
 add_row() { ROWS+=("$1|$2|$3|$4|$5"); }
+# record_value LABEL VALUE UNIT: a figure that is not a rate and has no CPU
+# cost per op (RSS, start-up time)
+record_value() { R_RATE[$1]+="$2 "; log "$(printf '  %-22s %12s %s' "$1" "$2" "$3")"; }
+# add_target_row SCENARIO LABEL DESCRIPTION LIMIT LIMIT_UNIT UNIT: a row
+# without a peer; the median is held against the project's target (lower
+# is better), LIMIT in LIMIT_UNIT (MB = 10^6 bytes, or the row's UNIT)
+add_target_row() {
+  local lim=$4
+  [ "$5" = MB ] && [ "$6" = MiB ] && lim=$(awk -v m="$4" 'BEGIN { printf "%.1f", m * 1e6 / 1048576 }')
+  ROWS+=("$1|$2|$3|target:$lim:$4 $5|$6")
+}
 
 kv() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<" $1" | head -n 1; }
 
@@ -411,7 +463,25 @@ build_fan_clients() {
   FAN_BUILT=1
 }
 
+# The consumer-group clients: plain gcc, as the fan-out ones
+# (bench/groupbench.c, bench/redisgroup.c).
+build_group_clients() {
+  [ -n "${GROUP_BUILT:-}" ] && return 0
+  local blog="$BUILD_DIR/bench-group-build.log"
+  mkdir -p "$BUILD_DIR"
+  log "building bench/groupbench.c and bench/redisgroup.c into build-bench/ (log: $blog)"
+  if ! { gcc -O2 -Wall -o "$BUILD_DIR/groupbench" "$BENCH_DIR/groupbench.c" -luv &&
+         gcc -O2 -Wall -o "$BUILD_DIR/redisgroup" "$BENCH_DIR/redisgroup.c" -lhiredis -luv; } >"$blog" 2>&1; then
+    cat "$blog" >&2
+    die "building the consumer-group clients failed"
+  fi
+  GROUP_BUILT=1
+}
+
 vmrss_kib() { awk '/^VmRSS:/ { print $2 }' /proc/"$1"/status 2>/dev/null || echo 0; }
+# "VmRSS RssAnon RssFile" in KiB
+rss_parts() { awk '/^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 }
+                   END { print r + 0, a + 0, f + 0 }' /proc/"$1"/status 2>/dev/null || echo "0 0 0"; }
 
 declare -A R_CCPU=()   # client CPU seconds per run, by label
 FAN_LINES=()
@@ -473,12 +543,59 @@ measure_fan() {
   return 0
 }
 
+GROUP_LINES=()
+
+# measure_group LABEL SERVER_PID CLIENT CLIENT-ARGS...
+# Runs build-bench/CLIENT (groupbench or redisgroup, which print one
+# BENCH_GROUP line) and records LABEL: events acked per second, the acked
+# count, the server's CPU seconds; the client's CPU in GROUP_LINES.
+# LABEL "" = warm-up (fewer events than the stream holds: only the errors
+# count).
+measure_group() {
+  local label=$1 pid=$2 client=$3 out err line c0 c1 cpid rc=0 f p keep=()
+  shift 3
+  out="$WORK/group.out"; err="$WORK/group.err"
+  c0=$(proc_ticks "$pid")
+  "$BUILD_DIR/$client" -q "$@" >"$out" 2>"$err" &
+  cpid=$!
+  PIDS+=("$cpid"); PROC_NAME[$cpid]=$client
+  wait "$cpid" || rc=$?
+  for p in "${PIDS[@]}"; do [ "$p" = "$cpid" ] || keep+=("$p"); done
+  PIDS=(${keep[@]+"${keep[@]}"})
+  c1=$(proc_ticks "$pid")
+  line=$(grep '^BENCH_GROUP' "$out" || true)
+  [ -n "$line" ] || { cat "$out" "$err" >&2; die "$client gave no result (exit $rc)"; }
+  local what=${label:-"warm-up ($client)"}
+  declare -A v=()
+  for f in expected acked delivered dups redelivered gaps bad ack_short fetches acks ranges empty \
+           seconds rate cycle_p50_us cycle_p99_us client_cpu_s per_consumer error; do
+    v[$f]=$(kv "$line" "$f")
+  done
+  [ "$rc" = 0 ] || warn "$what: $client exited with status $rc"
+  [ -z "${v[error]}" ] || warn "$what: $client: ${v[error]//_/ }"
+  [ -z "$label" ] || [ "${v[acked]}" = "${v[expected]}" ] ||
+    warn "$what: the acks settled ${v[acked]} events, expected exactly ${v[expected]}"
+  [ "${v[dups]}" = 0 ] || warn "$what: ${v[dups]} events delivered twice"
+  [ "${v[redelivered]}" = 0 ] || warn "$what: ${v[redelivered]} events came with deliveries > 1"
+  [ "${v[gaps]}" = 0 ] || warn "$what: ${v[gaps]} offsets skipped (never delivered)"
+  [ "${v[bad]}" = 0 ] || warn "$what: ${v[bad]} deliveries outside the preloaded offsets"
+  [ "${v[ack_short]}" = 0 ] || warn "$what: acks settled ${v[ack_short]} fewer events than they named"
+  local sec; sec=$(ticks_to_s $((c1 - c0)))
+  line=$(printf '  %-14s %s/%s acked in %ss, %s fetches (%s empty), %s acks naming %s ranges/ids; fetch-to-ack p50/p99 %s/%s us; per consumer %s; client cpu %ss; server cpu %ss' \
+    "$what" "${v[acked]}" "${v[expected]}" "${v[seconds]}" "${v[fetches]}" "${v[empty]}" "${v[acks]}" \
+    "${v[ranges]}" "${v[cycle_p50_us]}" "${v[cycle_p99_us]}" "${v[per_consumer]}" "${v[client_cpu_s]}" "$sec")
+  log "${line# }"
+  [ -n "$label" ] || return 0
+  GROUP_LINES+=("$line")
+  record "$label" "${v[rate]}" "${v[acked]}" "$sec"
+}
+
 # ---------------------------------------------------------------- scenarios
 # Each scenario_NAME starts what it needs (ensure_*), measures each target
 # BENCH_RUNS times, interleaving targets within a round, and declares its
 # table rows with add_row. Add a scenario: write scenario_NAME, add NAME to
 # the default list and to bench/README.md.
-KNOWN_SCENARIOS="publish catchup fanout"
+KNOWN_SCENARIOS="publish catchup fanout batch groups memory"
 
 # a. single-event publish, CONNS keep-alive connections
 scenario_publish() {
@@ -547,9 +664,28 @@ scenario_publish() {
 }
 
 # b. catch-up read of CATCHUP_EVENTS events, CATCHUP_LIMIT per request
+# measure_catchup LABEL PID PORT PATH: one read of the whole stream with
+# bench/catchup.c (a blocking C client; wrk's Lua response() callback caps
+# the read near 1,200 pages/s, well below what the server sends).
+measure_catchup() {
+  local label=$1 pid=$2 port=$3 path=$4 c0 c1 out line
+  c0=$(proc_ticks "$pid")
+  out=$("$BUILD_DIR/catchup" "$port" "$path" "$CATCHUP_LIMIT" "$CATCHUP_EVENTS" 2>&1) ||
+    warn "${label:-warm-up}: catch-up client reported errors: $out"
+  c1=$(proc_ticks "$pid")
+  line=$(grep '^BENCH_RESULT' <<<"$out" || true)
+  [ -n "$line" ] || die "catch-up client gave no result: $out"
+  LAST_OPS=$(kv "$line" ops)
+  [ -n "$label" ] && record "$label" "$(kv "$line" rate)" "$LAST_OPS" "$(ticks_to_s $((c1 - c0)))"
+  return 0
+}
+
 scenario_catchup() {
   local stream=catchup out r
   ensure_redis
+  if [ "$DRY" = 0 ]; then
+    gcc -O2 -Wall -o "$BUILD_DIR/catchup" "$BENCH_DIR/catchup.c" || die "building bench/catchup.c failed"
+  fi
   if [ "$DRY" = 0 ]; then
     ensure_streamd interval
     log "catchup: preloading $CATCHUP_EVENTS events into streamd (batches of 1000)"
@@ -567,23 +703,19 @@ scenario_catchup() {
 
   local xrange=(-r $((CATCHUP_EVENTS > CATCHUP_LIMIT ? CATCHUP_EVENTS - CATCHUP_LIMIT : 1))
                 XRANGE "$stream" __rand_int__ + COUNT "$CATCHUP_LIMIT")
-  local wrk_env=(CATCHUP_PATH="/stream/$stream/consume/bench-reader"
-                 CATCHUP_LIMIT="$CATCHUP_LIMIT" CATCHUP_EVENTS="$CATCHUP_EVENTS")
   log "catchup: calibrating redis-benchmark -n"
   measure_redis "" 1 200 "$CATCHUP_LIMIT" "${xrange[@]}"
   local n; n=$(redis_n "$LAST_RATE" 200)
   if [ "$DRY" = 0 ] && [ "$WARMUP" != 0 ]; then
     log "catchup: one unmeasured read of the whole stream (warm-up)"
-    measure_wrk "" "${SD_PID[interval]}" "http://127.0.0.1:${SD_PORT[interval]}" \
-      "$BENCH_DIR/catchup.lua" 1 1 "$CATCHUP_MAX_SECS" "${wrk_env[@]}"
+    measure_catchup "" "${SD_PID[interval]}" "${SD_PORT[interval]}" "/stream/$stream/consume/bench-reader"
   fi
 
   local run
   for run in $(seq 1 "$RUNS"); do
     log "catchup: round $run/$RUNS"
     if [ "$DRY" = 0 ]; then
-      measure_wrk sd.catchup "${SD_PID[interval]}" "http://127.0.0.1:${SD_PORT[interval]}" \
-        "$BENCH_DIR/catchup.lua" 1 1 "$CATCHUP_MAX_SECS" "${wrk_env[@]}"
+      measure_catchup sd.catchup "${SD_PID[interval]}" "${SD_PORT[interval]}" "/stream/$stream/consume/bench-reader"
       [ "$LAST_OPS" = "$CATCHUP_EVENTS" ] ||
         warn "catch-up read $LAST_OPS events, expected $CATCHUP_EVENTS"
     fi
@@ -648,6 +780,283 @@ scenario_fanout() {
   fi
 }
 
+# message_count of a streamd stream ("" if the info cannot be read)
+sd_count() {
+  local r; r=$(http GET "http://127.0.0.1:$1/stream/$2/info")
+  [ "${r%% *}" = 200 ] || return 0
+  sed -n 's/.*"message_count":\([0-9]*\).*/\1/p' <<<"$r"
+}
+
+# d. batch publish: BATCH_SIZE events per request, CONNS keep-alive connections
+scenario_batch() {
+  local stream=batch path=/stream/batch/publish payload r run n before after one
+  payload=$("$PY" -c "print(('0123456789' * ($DATA_BYTES // 10 + 1))[:$DATA_BYTES])")
+  ensure_redis
+  if [ "$DRY" = 0 ]; then
+    ensure_streamd always
+    r=$(http POST "http://127.0.0.1:${SD_PORT[always]}/stream/$stream" '{"partitions":1,"retention_hours":0}')
+    case ${r%% *} in 200|201|409) ;; *) die "create stream $stream on streamd (always): $r" ;; esac
+    one='{"event":"bench","data":"check"}'
+    r=$(http POST "http://127.0.0.1:${SD_PORT[always]}$path" "[$one,$one]")
+    [ "${r%% *}" = 200 ] && [[ $r == *'"results":'* ]] || die "batch publish check on streamd: $r"
+  fi
+  rcli DEL "$stream" >/dev/null
+  redis_fsync always
+
+  local wrk_env=(BENCH_PATH="$path" BENCH_BATCH="$BATCH_SIZE" BENCH_DATA_BYTES="$DATA_BYTES")
+  local xadd=(-P "$BATCH_PIPELINE" XADD "$stream" '*' data "$payload")
+  log "batch: calibrating redis-benchmark -n for ~${DURATION}s runs"
+  measure_redis "" "$CONNS" 100000 1 "${xadd[@]}"; n=$(redis_n "$LAST_RATE" 100000)
+  if [ "$DRY" = 0 ] && [ "$WARMUP" != 0 ]; then
+    log "batch: ${WARMUP}s warm-up"
+    measure_wrk "" "${SD_PID[always]}" "http://127.0.0.1:${SD_PORT[always]}" \
+      "$BENCH_DIR/batch.lua" "$THREADS" "$CONNS" "$WARMUP" "${wrk_env[@]}"
+  fi
+
+  for run in $(seq 1 "$RUNS"); do
+    log "batch: round $run/$RUNS"
+    if [ "$DRY" = 0 ]; then
+      before=$(sd_count "${SD_PORT[always]}" "$stream")
+      measure_wrk sd.batch.always "${SD_PID[always]}" "http://127.0.0.1:${SD_PORT[always]}" \
+        "$BENCH_DIR/batch.lua" "$THREADS" "$CONNS" "$DURATION" "${wrk_env[@]}"
+      after=$(sd_count "${SD_PORT[always]}" "$stream")
+      # answered batches are in the stream; batches still in flight when
+      # wrk stopped may be too (at most one per connection)
+      if [ -z "$before" ] || [ -z "$after" ] || [ $((after - before)) -lt "$LAST_OPS" ] ||
+         [ $((after - before)) -gt $((LAST_OPS + CONNS * BATCH_SIZE)) ]; then
+        warn "batch: the stream grew by $((${after:-0} - ${before:-0})) events during a run that had $LAST_OPS acknowledged"
+      fi
+    fi
+    measure_redis redis.xadd.batch "$CONNS" "$n" 1 "${xadd[@]}"
+  done
+  rcli DEL "$stream" >/dev/null
+
+  add_row "batch publish, $BATCH_SIZE ev/req, $CONNS conns, durability=always" sd.batch.always \
+    "redis XADD -P $BATCH_PIPELINE, fsync always" redis.xadd.batch events/s
+}
+
+# e. consumer groups: GROUP_CONSUMERS loops fetch GROUP_LIMIT events and ack
+# them until the GROUP_EVENTS preloaded events are all acked; one new group
+# per run on the same stream (both sides)
+scenario_groups() {
+  local stream=grp r run out g n_warm
+  local ga=(-s "$stream" -n "$GROUP_CONSUMERS" -l "$GROUP_LIMIT" -o "$GROUP_EVENTS")
+  build_group_clients
+  ensure_redis
+  if [ "$DRY" = 0 ]; then
+    ensure_streamd always
+    r=$(http GET "http://127.0.0.1:${SD_PORT[always]}/stream/$stream/info")
+    [ "${r%% *}" = 404 ] || die "groups: stream $stream already exists on streamd: $r"
+    log "groups: preloading $GROUP_EVENTS events into streamd ($GROUP_PARTITIONS partitions, batches of 1000)"
+    "$PY" "$UTIL" preload-streamd 127.0.0.1 "${SD_PORT[always]}" "$stream" \
+      "$GROUP_EVENTS" 1000 "$DATA_BYTES" 2 "$GROUP_PARTITIONS" >&2
+  fi
+  log "groups: preloading $GROUP_EVENTS entries into redis (redis-cli --pipe)"
+  redis_fsync no
+  out=$("$PY" "$UTIL" redis-resp "$stream" "$GROUP_EVENTS" "$DATA_BYTES" |
+        rcli --pipe 2>&1) || { echo "$out" >&2; die "redis preload failed"; }
+  grep -q 'errors: 0' <<<"$out" || { echo "$out" >&2; die "redis preload had errors"; }
+  r=$(rcli XLEN "$stream")
+  [ "$r" = "$GROUP_EVENTS" ] || die "redis XLEN $stream = $r, expected $GROUP_EVENTS"
+  redis_fsync always
+
+  # sd_group NAME: create an explicit-ack shared group reading from the start
+  sd_group() {
+    local r; r=$(http POST "http://127.0.0.1:${SD_PORT[always]}/stream/$stream/group/$1" \
+      '{"start":"earliest","mode":"shared","ack":"explicit"}')
+    [ "${r%% *}" = 201 ] || die "create group $1 on streamd: $r"
+  }
+  sd_group_del() { http DELETE "http://127.0.0.1:${SD_PORT[always]}/stream/$stream/group/$1" >/dev/null; }
+  redis_group() { [ "$(rcli XGROUP CREATE "$stream" "$1" 0)" = OK ] || die "XGROUP CREATE $stream $1 0 failed"; }
+
+  if [ "$WARMUP" != 0 ]; then
+    n_warm=$((GROUP_EVENTS / 10 > 0 ? GROUP_EVENTS / 10 : 1))
+    log "groups: warm-up, $n_warm events acked per target"
+    if [ "$DRY" = 0 ]; then
+      sd_group gw
+      measure_group "" "${SD_PID[always]}" groupbench -p "${SD_PORT[always]}" "${ga[@]}" -g gw -e "$n_warm"
+      sd_group_del gw
+    fi
+    redis_group gw
+    measure_group "" "$REDIS_PID" redisgroup -p "$REDIS_PORT" "${ga[@]}" -g gw -e "$n_warm"
+    rcli XGROUP DESTROY "$stream" gw >/dev/null
+  fi
+
+  for run in $(seq 1 "$RUNS"); do
+    log "groups: round $run/$RUNS"
+    g="g$run"
+    if [ "$DRY" = 0 ]; then
+      sd_group "$g"
+      measure_group sd.groups "${SD_PID[always]}" groupbench -p "${SD_PORT[always]}" "${ga[@]}" -g "$g" -e "$GROUP_EVENTS"
+      r=$("$PY" "$UTIL" group-check 127.0.0.1 "${SD_PORT[always]}" "$stream" "$g" "$GROUP_EVENTS")
+      [ "$r" = ok ] || warn "groups: streamd group $g after the run: $r"
+      sd_group_del "$g"
+    fi
+    redis_group "$g"
+    measure_group redis.groups "$REDIS_PID" redisgroup -p "$REDIS_PORT" "${ga[@]}" -g "$g" -e "$GROUP_EVENTS"
+    r=$(rcli XPENDING "$stream" "$g" | head -n 1)
+    [ "$r" = 0 ] || warn "groups: redis group $g has $r pending entries after the run"
+    rcli XGROUP DESTROY "$stream" "$g" >/dev/null
+  done
+  rcli DEL "$stream" >/dev/null
+  [ "$DRY" = 1 ] || http DELETE "http://127.0.0.1:${SD_PORT[always]}/stream/$stream" >/dev/null
+
+  add_row "groups, $GROUP_CONSUMERS consumers, limit $GROUP_LIMIT, explicit ack, always" sd.groups \
+    "redis XREADGROUP + XACK, fsync always" redis.groups "acked/s"
+}
+
+MEM_LINES=()
+
+# start_timed KEY: starts streamd KEY (the instance's data dir, mode and
+# flags) and sets LAST_START_MS to the milliseconds from the fork/exec to
+# the first 200 answer of GET /health (polled every ~5 ms with bash's
+# /dev/tcp, no process started per try); LAST_START_CPU: the server's CPU
+# seconds at that point.
+start_timed() {
+  local key=$1 port dir logf pid t0 t1 line ok=0
+  port=$(freeport)
+  dir="$WORK/streamd-$key"; logf="$WORK/streamd-$key.log"
+  t0=$EPOCHREALTIME
+  # shellcheck disable=SC2086
+  "$STREAMD_BIN" --host 127.0.0.1 --port "$port" --data-dir "$dir" \
+    --durability "${SD_MODE[$key]}" ${SD_FLAGS[$key]:-} $STREAMD_ARGS >"$logf" 2>&1 &
+  pid=$!
+  PIDS+=("$pid"); PROC_NAME[$pid]="streamd ($key)"
+  SD_PID[$key]=$pid; SD_PORT[$key]=$port
+  while :; do
+    if { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null; then
+      printf 'GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
+      line=""
+      read -r -t 10 line <&3 || true
+      exec 3>&-
+      [[ $line == "HTTP/1.1 200"* ]] && { ok=1; break; }
+    fi
+    kill -0 "$pid" 2>/dev/null || break
+    awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { exit !(b - a > 120) }' && break
+    sleep 0.005
+  done
+  t1=$EPOCHREALTIME
+  [ "$ok" = 1 ] || { tail -n 20 "$logf" >&2; die "streamd ($key) not healthy within 120s of its start"; }
+  LAST_START_MS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
+  LAST_START_CPU=$(ticks_to_s "$(proc_ticks "$pid")")
+}
+
+# f. memory: (a) the RSS of streamd holding MEM_EVENTS events in MEM_STREAMS
+# streams, before and with MEM_CONNS idle keep-alive connections; (b) the
+# time from exec to the first successful GET /health with ~1 GiB of data,
+# page cache warm, and once cold. streamd only: each row's peer is a target.
+scenario_memory() {
+  if [ "$DRY" = 1 ]; then
+    log "memory: streamd only, nothing to measure with --dry"
+    return 0
+  fi
+  local run i r per rss0 rss1 a0 f0 a1 f1 hold_out hpid maxc=() bytes line t_load0 t_load1 ages p keep
+  local per_stream=$((MEM_EVENTS / MEM_STREAMS))
+  mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+  # the connections, plus room: at max_connections new ones would get 503
+  [ $((MEM_CONNS + 1000)) -gt 10000 ] && maxc=(--max-connections $((MEM_CONNS + 1000)))
+  ensure_streamd mem always ${maxc[@]+"${maxc[@]}"}
+  log "memory: loading $MEM_EVENTS events into $MEM_STREAMS streams ($per_stream each, batches of 1000)"
+  for i in $(seq 1 "$MEM_STREAMS"); do
+    "$PY" "$UTIL" preload-streamd 127.0.0.1 "${SD_PORT[mem]}" "mem$i" "$per_stream" 1000 "$DATA_BYTES" 2 >&2
+  done
+  read -r rss0 a0 f0 <<<"$(rss_parts "${SD_PID[mem]}")"
+  MEM_LINES+=("$(printf '  %-8s RSS %s MiB (anon %s, file %s) in the process that loaded the events' \
+    loaded "$(mib "$rss0")" "$(mib "$a0")" "$(mib "$f0")")")
+
+  ensure_streamd start never
+  log "memory: loading $START_EVENTS events of ${START_DATA_BYTES}-byte data for the start-up runs (durability never)"
+  t_load0=$EPOCHREALTIME
+  "$PY" "$UTIL" preload-streamd 127.0.0.1 "${SD_PORT[start]}" big "$START_EVENTS" 1000 "$START_DATA_BYTES" 2 >&2
+  t_load1=$EPOCHREALTIME
+  stop_streamd start
+  SD_MODE[start]=always   # timed starts: the default durability
+  bytes=$(du -sb "$WORK/streamd-start" | cut -f1)
+  START_GIB=$(awk -v b="$bytes" 'BEGIN { printf "%.2f", b / 1073741824 }')
+  log "memory: start-up data set: $START_GIB GiB on disk; SIGTERM exit: $(tail -n 1 "$WORK/streamd-start.log")"
+  # the age of the data set at a start: streamd rebuilds its idempotency
+  # window (dedup_window_ms, 2 min by default) from the records younger than
+  # it, so a start-up within 2 min of the load reads all of them
+  ages() { awk -v a="$t_load0" -v b="$t_load1" -v n="$EPOCHREALTIME" 'BEGIN { printf "%.0f-%.0f", n - b, n - a }'; }
+
+  for run in $(seq 1 "$RUNS"); do
+    log "memory: round $run/$RUNS"
+    # (a) RSS: a fresh process on the loaded data dir, then MEM_CONNS idle
+    # keep-alive connections (one GET /health each, then nothing)
+    restart_streamd mem
+    sleep 1
+    read -r rss0 a0 f0 <<<"$(rss_parts "${SD_PID[mem]}")"
+    hold_out="$WORK/hold.out"
+    "$PY" "$UTIL" hold-conns 127.0.0.1 "${SD_PORT[mem]}" "$MEM_CONNS" 4 >"$hold_out" 2>&1 &
+    hpid=$!
+    PIDS+=("$hpid"); PROC_NAME[$hpid]=hold-conns
+    for i in $(seq 1 1300); do
+      grep -q '^READY' "$hold_out" && break
+      kill -0 "$hpid" 2>/dev/null || break
+      sleep 0.1
+    done
+    line=$(grep '^READY' "$hold_out" || true)
+    [ -n "$line" ] || { cat "$hold_out" >&2; die "hold-conns did not get its connections ready"; }
+    sleep 1
+    read -r rss1 a1 f1 <<<"$(rss_parts "${SD_PID[mem]}")"
+    r=0; wait "$hpid" || r=$?
+    [ "$r" = 0 ] || warn "memory: hold-conns exited with status $r"
+    keep=()
+    for p in "${PIDS[@]}"; do [ "$p" = "$hpid" ] || keep+=("$p"); done
+    PIDS=(${keep[@]+"${keep[@]}"})
+    [ "$(kv "$line" failed)" = 0 ] || warn "memory: $(kv "$line" failed) of $MEM_CONNS connections failed: $(kv "$line" errors)"
+    r=$(grep '^DONE' "$hold_out" || true)
+    [ "$(kv "$r" closed)" = 0 ] ||
+      warn "memory: the server closed $(kv "$r" closed) of the idle connections while they were held (${r:-no DONE line})"
+    record_value sd.mem.idle "$(mib "$rss0")" MiB
+    record_value sd.mem.conns "$(mib "$rss1")" MiB
+    record_value sd.mem.idle.anon "$(mib "$a0")" MiB
+    record_value sd.mem.conns.anon "$(mib "$a1")" MiB
+    per=$(awk -v a="$rss0" -v b="$rss1" -v n="$(kv "$line" ok)" 'BEGIN { printf "%.1f", (n > 0 ? (b - a) / n : 0) }')
+    MEM_LINES+=("$(printf '  %-8s RSS %s MiB (anon %s, file %s) -> with %s idle conns %s MiB (anon %s, file %s): +%s KiB per connection; connected in %ss' \
+      "run $run" "$(mib "$rss0")" "$(mib "$a0")" "$(mib "$f0")" "$(kv "$line" ok)" "$(mib "$rss1")" "$(mib "$a1")" \
+      "$(mib "$f1")" "$per" "$(kv "$line" seconds)")")
+    # (b) start-up, page cache warm (the data set was written just before)
+    ages=$(ages)
+    start_timed start
+    record_value sd.start.warm "$LAST_START_MS" ms
+    read -r rss1 a1 f1 <<<"$(rss_parts "${SD_PID[start]}")"
+    MEM_LINES+=("$(printf '  %-8s start-up, warm cache: %s ms, server cpu %ss; data age %s s; RSS when ready %s MiB (anon %s, file %s)' \
+      "run $run" "$LAST_START_MS" "$LAST_START_CPU" "$ages" "$(mib "$rss1")" "$(mib "$a1")" "$(mib "$f1")")")
+    stop_streamd start
+  done
+  stop_streamd mem
+
+  if [ "$START_COLD" = 1 ]; then
+    if sync && { echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null; then
+      log "memory: page cache dropped (echo 3 > /proc/sys/vm/drop_caches): one cold start-up"
+      ages=$(ages)
+      start_timed start
+      record_value sd.start.cold "$LAST_START_MS" ms
+      read -r rss1 a1 f1 <<<"$(rss_parts "${SD_PID[start]}")"
+      MEM_LINES+=("$(printf '  %-8s start-up after drop_caches: %s ms, server cpu %ss; data age %s s; RSS when ready %s MiB (anon %s, file %s)' \
+        cold "$LAST_START_MS" "$LAST_START_CPU" "$ages" "$(mib "$rss1")" "$(mib "$a1")" "$(mib "$f1")")")
+      stop_streamd start
+    else
+      log "memory: /proc/sys/vm/drop_caches is not writable here: no cold start-up"
+      MEM_LINES+=("  cold start-up not measured: /proc/sys/vm/drop_caches is not writable")
+    fi
+  fi
+  # every start-up should see the whole data set inside the idempotency window
+  awk -v a="$t_load0" -v n="$EPOCHREALTIME" 'BEGIN { exit !(n - a > 120) }' &&
+    warn "memory: the last start-up came more than 120 s after the start of the load: part of the data set had left the default 2-minute idempotency window, whose rebuild reads every record in it, so the start-up runs are not comparable"
+
+  local s="memory, $((MEM_EVENTS / 1000))k events in $MEM_STREAMS streams" t="target RSS"
+  add_target_row "$s, RSS"                           sd.mem.idle       "$t" "$MEM_TARGET_MB" MB MiB
+  add_target_row "$s, RSS + $MEM_CONNS idle conns"  sd.mem.conns      "$t" "$MEM_TARGET_MB" MB MiB
+  add_target_row "$s, RssAnon"                       sd.mem.idle.anon  "$t" "$MEM_TARGET_MB" MB MiB
+  add_target_row "$s, RssAnon + $MEM_CONNS idle conns" sd.mem.conns.anon "$t" "$MEM_TARGET_MB" MB MiB
+  s="start-up to /health, $START_GIB GiB"
+  add_target_row "$s, page cache warm" sd.start.warm "target" "$START_TARGET_MS" ms ms
+  [ -z "${R_RATE[sd.start.cold]:-}" ] ||
+    add_target_row "$s, cold (drop_caches)" sd.start.cold "target" "$START_TARGET_MS" ms ms
+}
+
 # ---------------------------------------------------------------- report
 stats3() { # "v1 v2 ..." -> "min median max"
   tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ a[NR] = $1 }
@@ -684,13 +1093,28 @@ report() {
   [[ " $SCENARIOS " == *" fanout "* ]] &&
     echo "fanout: ${FAN_SECS}s of publishing per run, $FAN_PUB_CONNS publisher conns ($FAN_BIG_PUB_CONNS for $FAN_BIG subs), ${DATA_BYTES}-byte data"
   echo "figures: min/median/max over runs; cpu: server CPU (utime+stime) per op (fanout: per delivery), us, median"
-  echo "ratio: streamd median / peer median; req/s, events/s, deliv/s: higher = streamd faster;"
+  echo "ratio: streamd median / peer median; req/s, events/s, deliv/s, acked/s: higher = streamd faster;"
   echo "       latency rows (us (lat): publish to delivery): LOWER = streamd better"
+  [[ " $SCENARIOS " == *" batch "* ]] &&
+    echo "batch: $BATCH_SIZE events of ${DATA_BYTES}-byte data per request; redis-benchmark -P $BATCH_PIPELINE; events/s"
+  [[ " $SCENARIOS " == *" groups "* ]] &&
+    echo "groups: $GROUP_EVENTS events in $GROUP_PARTITIONS partitions, acked/s = events acked per second until all are, one new group per run"
+  [[ " $SCENARIOS " == *" memory "* ]] && [ "$DRY" = 0 ] &&
+    echo "memory: no peer: medians held against the project's targets (MB = 10^6 bytes); RSS = VmRSS, which counts the file pages the server maps (page cache); RssAnon = what is beyond the page cache; start-up: exec to the first 200 of GET /health"
   echo
   {
     echo "scenario|streamd min/med/max|cpu us/op|peer|peer min/med/max|cpu us/op|ratio"
     for row in "${ROWS[@]}"; do
       IFS='|' read -r scen sd pdesc peer unit <<<"$row"
+      if [[ $peer == target:* ]]; then # no peer: the median against a target
+        local lim=${peer#target:} shown
+        shown=${lim#*:}; lim=${lim%%:*}
+        sdm=$(med "${R_RATE[$sd]:-}")
+        ratio=$(awk -v a="$sdm" -v l="$lim" 'BEGIN { if (a == "-") print "-"; else if (a < l) print "target met"; else print "target MISSED" }')
+        sdfig=$(mmm "$sd"); [ "$sdfig" = - ] || sdfig="$sdfig $unit"
+        echo "$scen|$sdfig|-|$pdesc|< $shown|-|$ratio"
+        continue
+      fi
       sdm=$(med "${R_RATE[$sd]:-}"); pm=$(med "${R_RATE[$peer]:-}")
       ratio=$(awk -v a="$sdm" -v b="$pm" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf (a / b < 0.1 ? "%.3fx" : "%.2fx"), a / b }')
       sdcpu=$(fmt_cpu "$(med "$(per_op "$sd")")"); pcpu=$(fmt_cpu "$(med "$(per_op "$peer")")")
@@ -715,6 +1139,16 @@ report() {
         "$(stats3 "${R_CCPU[$label]}" | tr ' ' /)" "$(stats3 "${R_CPU[$label.deliv]:-}" | tr ' ' /)" \
         "$(stats3 "${R_RATE[$label.rss]:-}" | tr ' ' /)"
     done
+    echo
+  fi
+  if [ ${#GROUP_LINES[@]} -gt 0 ]; then
+    echo "consumer-group runs (fetch-to-ack: a fetch sent to its ack answered; client cpu = the client process):"
+    printf '%s\n' "${GROUP_LINES[@]}"
+    echo
+  fi
+  if [ ${#MEM_LINES[@]} -gt 0 ]; then
+    echo "memory runs (RSS = VmRSS = RssAnon + RssFile + RssShmem of /proc/PID/status; file = mapped files, i.e. page cache mapped by the server):"
+    printf '%s\n' "${MEM_LINES[@]}"
     echo
   fi
   echo "per run (figure, server cpu seconds):"
@@ -742,14 +1176,17 @@ main() {
     case " $KNOWN_SCENARIOS " in *" $s "*) ;; *) die "unknown scenario '$s' (known: $KNOWN_SCENARIOS)" ;; esac
   done
   ensure_packages
-  if [[ " $SCENARIOS " == *" fanout "* ]]; then
+  if [[ " $SCENARIOS " == *" fanout "* ]] || [[ " $SCENARIOS " == *" memory "* ]]; then
     # thousands of sockets: the soft limit up to the hard one, for the
     # servers started from here and for the clients
-    local hard need=$((FAN_BIG + FAN_SUBS + 256))
+    local hard need=0 what=""
+    [[ " $SCENARIOS " == *" fanout "* ]] && need=$((FAN_BIG + FAN_SUBS + 256)) what="fanout (BENCH_FAN_BIG)"
+    [[ " $SCENARIOS " == *" memory "* ]] && [ $((MEM_CONNS + 256)) -gt "$need" ] &&
+      need=$((MEM_CONNS + 256)) what="memory (BENCH_MEM_CONNS)"
     hard=$(ulimit -Hn)
     ulimit -n "$hard" || die "ulimit -n $hard failed"
     [ "$hard" = unlimited ] || [ "$hard" -ge "$need" ] ||
-      die "ulimit -Hn is $hard, fanout needs $need descriptors: lower BENCH_FAN_BIG or raise the hard limit"
+      die "ulimit -Hn is $hard, $what needs $need descriptors: lower it or raise the hard limit"
   fi
   [ "$DRY" = 1 ] || build_streamd
   pick_workdir

@@ -22,6 +22,7 @@
 #include <wslay/wslay.h>
 
 #include "fancommon.h"
+#include "httpmini.h" /* write_copy, find_header, http_response */
 
 enum { S_IDLE, S_CONNECTING, S_HANDSHAKE, S_OPEN, S_DONE };
 
@@ -67,50 +68,6 @@ static void alloc_cb(uv_handle_t *h, size_t sz, uv_buf_t *b) {
 static void finish(int rc) {
   fan_report("streamd");
   exit(rc);
-}
-
-/* ---------------------------------------------------------------- writes */
-struct wr {
-  uv_write_t w;
-  char data[];
-};
-static void wr_done(uv_write_t *w, int status) {
-  (void)status;
-  free(w);
-}
-/* Writes len bytes now if the socket takes them, else queues a copy. */
-static int write_copy(uv_stream_t *s, const void *data, size_t len) {
-  uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-  int n = uv_try_write(s, &b, 1);
-  if (n == (int)len) return 0;
-  if (n < 0 && n != UV_EAGAIN) return n;
-  if (n < 0) n = 0;
-  struct wr *w = malloc(sizeof(*w) + len - (size_t)n);
-  if (w == NULL) return UV_ENOMEM;
-  memcpy(w->data, (const char *)data + n, len - (size_t)n);
-  b = uv_buf_init(w->data, (unsigned)(len - (size_t)n));
-  int rc = uv_write(&w->w, s, &b, 1, wr_done);
-  if (rc != 0) free(w);
-  return rc;
-}
-
-static const char *find_header(const char *buf, size_t len, const char *name, size_t *vlen) {
-  size_t nl = strlen(name);
-  const char *end = buf + len;
-  for (const char *p = buf; p + nl + 3 < end; p++) {
-    p = memchr(p, '\n', (size_t)(end - p));
-    if (p == NULL || p + nl + 2 >= end) return NULL;
-    if (strncasecmp(p + 1, name, nl) == 0 && p[1 + nl] == ':') {
-      const char *v = p + 2 + nl, *e;
-      while (v < end && (*v == ' ' || *v == '\t')) v++;
-      for (e = v; e < end && *e != '\r' && *e != '\n'; e++) {
-      }
-      while (e > v && (e[-1] == ' ' || e[-1] == '\t')) e--;
-      *vlen = (size_t)(e - v);
-      return v;
-    }
-  }
-  return NULL;
 }
 
 /* ---------------------------------------------------------------- subscribers */
@@ -194,7 +151,7 @@ static void ws_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
       snprintf(why, sizeof(why), "sub%d closed by the server: %u %.*s", s->idx, arg->status_code,
                (int)(arg->msg_length > 2 ? arg->msg_length - 2 : 0), (const char *)arg->msg + 2);
       fan_set_err("%s", why);
-      fan_log("%s", why);
+      bench_log("%s", why);
     }
   }
 }
@@ -238,10 +195,10 @@ static void sub_handshake_read(struct sub *s, const char *p, size_t n) {
     sub_failed(s, "bad or missing Sec-WebSocket-Accept");
     return;
   }
-  if (wslay_event_context_client_init(&s->ctx, &ws_cbs, s) != 0) fan_die("wslay: out of memory");
+  if (wslay_event_context_client_init(&s->ctx, &ws_cbs, s) != 0) bench_die("wslay: out of memory");
   s->state = S_OPEN;
   F.ss[s->idx].ready = 1;
-  if (++F.subs_ok % 1000 == 0) fan_log("%d subscribers ready", F.subs_ok);
+  if (++F.subs_ok % 1000 == 0) bench_log("%d subscribers ready", F.subs_ok);
   subs_inflight--;
   size_t extra = s->hs_len - hlen;
   char tmp[HS_CAP];
@@ -301,7 +258,7 @@ static void sub_connected(uv_connect_t *req, int status) {
                    "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n",
                    F.o.stream, s->idx, F.o.host, F.o.port, key);
   s->hs = malloc(HS_CAP);
-  if (s->hs == NULL) fan_die("out of memory");
+  if (s->hs == NULL) bench_die("out of memory");
   s->hs_len = 0;
   s->state = S_HANDSHAKE;
   int rc = write_copy((uv_stream_t *)&s->tcp, hreq, (size_t)n);
@@ -324,7 +281,7 @@ static void start_subs(void) {
   }
   if (next_sub == F.o.subs && subs_inflight == 0 && !F.publishing && !F.pub_done && F.pub_start == 0) {
     uv_timer_stop(&connect_timer);
-    fan_log("%d subscribers ready (%d failed); publishing %.0f events/s for %.0fs on %d connections",
+    bench_log("%d subscribers ready (%d failed); publishing %.0f events/s for %.0fs on %d connections",
             F.subs_ok, F.subs_failed, F.o.rate, F.o.duration, F.o.pub_conns);
     if (F.subs_ok == 0) finish(1);
     fan_pub_start();
@@ -333,7 +290,7 @@ static void start_subs(void) {
 
 static void on_connect_timeout(uv_timer_t *t) {
   (void)t;
-  fan_log("subscribers not ready after %.0fs", F.o.connect_timeout);
+  bench_log("subscribers not ready after %.0fs", F.o.connect_timeout);
   int started = next_sub;
   F.subs_failed += F.o.subs - started; /* the rest is not tried */
   next_sub = F.o.subs;
@@ -353,7 +310,7 @@ static void pub_closed(uv_handle_t *h) {
 
 static void pub_fail(struct pubc *p, const char *why) {
   fan_set_err("publisher connection %d: %s", p->idx, why);
-  fan_log("publisher connection %d: %s", p->idx, why);
+  bench_log("publisher connection %d: %s", p->idx, why);
   int was_busy = p->busy;
   p->busy = 0;
   p->connected = 0;
@@ -382,27 +339,23 @@ static void pub_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b) {
   memcpy(p->resp + p->resp_len, b->base, (size_t)nread);
   p->resp_len += (size_t)nread;
   for (;;) {
-    char *end = memmem(p->resp, p->resp_len, "\r\n\r\n", 4);
-    if (end == NULL) return;
-    size_t hlen = (size_t)(end - p->resp) + 4, vl;
-    const char *v = find_header(p->resp, hlen, "Content-Length", &vl);
-    if (v == NULL) {
+    struct http_resp r;
+    int fr = http_response(p->resp, p->resp_len, &r);
+    if (fr == 0) return;
+    if (fr < 0) {
       pub_fail(p, "response without Content-Length");
       return;
     }
-    size_t clen = (size_t)strtoul(v, NULL, 10);
-    if (p->resp_len < hlen + clen) return;
-    int status = p->resp_len > 12 ? atoi(p->resp + 9) : 0;
-    int ok = status == 200 && memmem(p->resp + hlen, clen, "\"success\":true", 14) != NULL;
+    int status = r.status;
+    int ok = status == 200 && memmem(r.body, r.body_len, "\"success\":true", 14) != NULL;
     if (!ok) {
       char why[200];
-      snprintf(why, sizeof(why), "HTTP %d %.*s", status, (int)(clen > 120 ? 120 : clen), p->resp + hlen);
+      snprintf(why, sizeof(why), "HTTP %d %.*s", status, (int)(r.body_len > 120 ? 120 : r.body_len), r.body);
       fan_set_err("publish: %s", why);
     }
-    int close_after = (v = find_header(p->resp, hlen, "Connection", &vl)) != NULL && vl == 5 &&
-                      strncasecmp(v, "close", 5) == 0;
-    memmove(p->resp, p->resp + hlen + clen, p->resp_len - hlen - clen);
-    p->resp_len -= hlen + clen;
+    int close_after = r.close;
+    memmove(p->resp, p->resp + r.total, p->resp_len - r.total);
+    p->resp_len -= r.total;
     if (!p->busy) {
       pub_fail(p, "response without a request");
       return;
@@ -435,8 +388,6 @@ static void pub_send(int c, uint64_t s, uint64_t t) {
                    F.o.stream, F.o.host, F.o.port, bl, body);
   p->busy = 1;
   p->s = s;
-  /* not one uv_write_t per connection: the answer can be read before the
-   * callback of the write that asked for it has run */
   int rc = write_copy((uv_stream_t *)&p->tcp, p->req, (size_t)n);
   if (rc != 0) pub_fail(p, uv_strerror(rc));
 }
@@ -444,12 +395,12 @@ static void pub_send(int c, uint64_t s, uint64_t t) {
 static void pub_connected(uv_connect_t *req, int status) {
   struct pubc *p = req->data;
   if (status < 0) {
-    fan_die("publisher connect to %s:%d: %s", F.o.host, F.o.port, uv_strerror(status));
+    bench_die("publisher connect to %s:%d: %s", F.o.host, F.o.port, uv_strerror(status));
   }
   uv_tcp_nodelay(&p->tcp, 1);
   p->connected = 1;
   p->resp_len = 0;
-  if (uv_read_start((uv_stream_t *)&p->tcp, alloc_cb, pub_read) != 0) fan_die("uv_read_start");
+  if (uv_read_start((uv_stream_t *)&p->tcp, alloc_cb, pub_read) != 0) bench_die("uv_read_start");
   fan_pub_ready(p->idx);
   if (F.pub_start == 0) {
     if (++pubs_connected == F.o.pub_conns) start_subs(); /* publishers first, then subscribers */
@@ -463,7 +414,7 @@ static void pub_connect(struct pubc *p) {
   p->tcp.data = p;
   p->creq.data = p;
   int rc = uv_tcp_connect(&p->creq, &p->tcp, (const struct sockaddr *)&addr, pub_connected);
-  if (rc != 0) fan_die("connect: %s", uv_strerror(rc));
+  if (rc != 0) bench_die("connect: %s", uv_strerror(rc));
 }
 
 static void start_pubs_or_run(void) {
@@ -483,7 +434,7 @@ static void on_drain(uv_timer_t *t) {
 }
 
 static void on_published(void) {
-  fan_log("published %" PRIu64 " (%" PRIu64 " failed); waiting for deliveries", F.ok, F.errors);
+  bench_log("published %" PRIu64 " (%" PRIu64 " failed); waiting for deliveries", F.ok, F.errors);
   uv_timer_init(F.loop, &drain_timer);
   uv_timer_start(&drain_timer, on_drain, 0, 5);
 }
@@ -498,10 +449,10 @@ int main(int argc, char **argv) {
   fan_init(argc, argv);
   F.send = pub_send;
   F.on_published = on_published;
-  if (uv_ip4_addr(F.o.host, F.o.port, &addr) != 0) fan_die("bad host %s", F.o.host);
+  if (uv_ip4_addr(F.o.host, F.o.port, &addr) != 0) bench_die("bad host %s", F.o.host);
   subs = calloc((size_t)F.o.subs, sizeof(*subs));
   pubs = calloc((size_t)F.o.pub_conns, sizeof(*pubs));
-  if (!subs || !pubs) fan_die("out of memory");
+  if (!subs || !pubs) bench_die("out of memory");
   uv_timer_init(F.loop, &connect_timer);
   uv_timer_start(&connect_timer, on_connect_timeout, (uint64_t)(F.o.connect_timeout * 1000), 0);
   uv_timer_init(F.loop, &cap_timer);
