@@ -1,5 +1,5 @@
 """Consumer groups across kill -9, and the exactly-the-set runs: N events
-(env STREAMD_GROUP_EVENTS, default 20000) on 4 partitions consumed by 4
+(env STREAMD_GROUP_EVENTS, default 100000) on 4 partitions consumed by 4
 keep-alive consumer threads with range acks, one of which stops abruptly,
 in partitioned and shared mode, without and with a crash of the server."""
 
@@ -14,7 +14,7 @@ import harness
 from harness import Server, poll_until, scaled, short
 from test_groups import G, committed, lags, po, publish_batch, SLACK
 
-N_EVENTS = int(os.environ.get("STREAMD_GROUP_EVENTS", "20000"))
+N_EVENTS = int(os.environ.get("STREAMD_GROUP_EVENTS", "100000"))
 
 
 class CrashBase(unittest.TestCase):
