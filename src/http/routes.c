@@ -884,6 +884,26 @@ static void consume_wake_cb(struct sd_waiter *w, int status) {
   consume_run(req, 0);
 }
 
+/* Runs a read now; with wait_ms > 0 it may wait (run(req, 0) suspends when
+ * it finds nothing) until timer_cb fires at the deadline. */
+static void long_poll(struct sd_req *req, int64_t wait_ms, uv_timer_cb timer_cb, void (*run)(struct sd_req *, int)) {
+  if (wait_ms <= 0) {
+    run(req, 1);
+    return;
+  }
+  if (req->h->waiting >= req->h->cfg->max_waiting) {
+    sd_req_error(req, SD_E_BUSY, NULL, NULL);
+    return;
+  }
+  if (!req->wait_timer_init) {
+    uv_timer_init(req->h->loop, &req->wait_timer);
+    req->wait_timer.data = req;
+    req->wait_timer_init = 1;
+  }
+  uv_timer_start(&req->wait_timer, timer_cb, (uint64_t)wait_ms, 0);
+  run(req, 0);
+}
+
 static void handle_consume(struct sd_req *req, struct sd_stream *s) {
   const struct sd_config *cfg = req->h->cfg;
   const struct sd_stream_config *c = sd_stream_config(s);
@@ -913,21 +933,7 @@ static void handle_consume(struct sd_req *req, struct sd_stream *s) {
   req->limit = (uint32_t)limit;
   req->partition = (int32_t)partition;
   hold_stream(req, s);
-  if (wait_ms > 0) {
-    if (req->h->waiting >= cfg->max_waiting) {
-      sd_req_error(req, SD_E_BUSY, NULL, NULL);
-      return;
-    }
-    if (!req->wait_timer_init) {
-      uv_timer_init(req->h->loop, &req->wait_timer);
-      req->wait_timer.data = req;
-      req->wait_timer_init = 1;
-    }
-    uv_timer_start(&req->wait_timer, consume_timer_cb, (uint64_t)wait_ms, 0);
-    consume_run(req, 0);
-  } else {
-    consume_run(req, 1);
-  }
+  long_poll(req, wait_ms, consume_timer_cb, consume_run);
 }
 
 static void group_consume_run(struct sd_req *req, int final);
@@ -1303,21 +1309,7 @@ static void handle_group_consume(struct sd_req *req, struct sd_stream *s, struct
   hold_stream(req, s);
   sd_group_ref(g);
   req->group = g;
-  if (wait_ms > 0) {
-    if (req->h->waiting >= cfg->max_waiting) {
-      sd_req_error(req, SD_E_BUSY, NULL, NULL);
-      return;
-    }
-    if (!req->wait_timer_init) {
-      uv_timer_init(req->h->loop, &req->wait_timer);
-      req->wait_timer.data = req;
-      req->wait_timer_init = 1;
-    }
-    uv_timer_start(&req->wait_timer, group_timer_cb, (uint64_t)wait_ms, 0);
-    group_consume_run(req, 0);
-  } else {
-    group_consume_run(req, 1);
-  }
+  long_poll(req, wait_ms, group_timer_cb, group_consume_run);
 }
 
 /* One ack: {"partition":P,"offset":O} or {"partition":P,"from":F,"to":T}. */

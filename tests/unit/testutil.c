@@ -4,6 +4,7 @@
  * bug there cannot hide files from the tests.
  */
 #include "testutil.h"
+#include "util/fsutil.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -343,18 +344,7 @@ out_close:
   return rc;
 }
 
-static int rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw) {
-  (void)st;
-  (void)ftw;
-  int rc = type == FTW_DP ? rmdir(path) : unlink(path);
-  return rc != 0 && errno != ENOENT ? -errno : 0;
-}
-
-int sd_test_rmtree(const char *path) {
-  int rc = nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-  if (rc == -1) return errno == ENOENT ? 0 : -errno;
-  return rc;
-}
+int sd_test_rmtree(const char *path) { return sd_fs_remove_tree(path); }
 
 int sd_test_count_entries(const char *dir) {
   DIR *d = opendir(dir);
