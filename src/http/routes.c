@@ -279,6 +279,22 @@ not_found:
 
 /* ---- streams ------------------------------------------------------------------- */
 
+/* Reads an optional whole-number member of the body object.  *got says
+ * whether it was there.  Answers 400 naming it and returns -1 when it is
+ * not a whole number within min..max. */
+static int body_uint(struct sd_req *req, const char *name, int64_t min, int64_t max, uint64_t *out, int *got) {
+  json_t *x = json_object_get(req->json, name);
+  *got = x != NULL;
+  if (x == NULL) return 0;
+  if (!json_is_integer(x) || json_integer_value(x) < min || json_integer_value(x) > max) {
+    bad_field(req, SD_E_INVALID_PARAMETER, name, "'%s' must be a whole number from %lld to %lld", name,
+              (long long)min, (long long)max);
+    return -1;
+  }
+  *out = (uint64_t)json_integer_value(x);
+  return 0;
+}
+
 struct cfg_given {
   int partitions, retention_hours, retention_bytes, max_events;
 };
@@ -291,29 +307,16 @@ static int parse_stream_config(struct sd_req *req, struct sd_stream_config *cfg,
     sd_req_error(req, SD_E_INVALID_JSON, "the body must be a JSON object", NULL);
     return -1;
   }
-  static const struct {
-    const char *name;
-    int64_t min, max;
-  } fields[] = {{"partitions", 1, SD_MAX_PARTITIONS},
-                {"retention_hours", 0, 24 * 365 * 1000},
-                {"retention_bytes", 0, INT64_MAX},
-                {"max_events", 0, INT64_MAX}};
-  for (size_t i = 0; i < 4; i++) {
-    json_t *x = json_object_get(req->json, fields[i].name);
-    if (x == NULL) continue;
-    if (!json_is_integer(x) || json_integer_value(x) < fields[i].min || json_integer_value(x) > fields[i].max) {
-      bad_field(req, SD_E_INVALID_PARAMETER, fields[i].name, "'%s' must be a whole number from %lld to %lld",
-                fields[i].name, (long long)fields[i].min, (long long)fields[i].max);
-      return -1;
-    }
-    uint64_t val = (uint64_t)json_integer_value(x);
-    switch (i) {
-    case 0: cfg->partitions = (uint32_t)val; given->partitions = 1; break;
-    case 1: cfg->retention_hours = val; given->retention_hours = 1; break;
-    case 2: cfg->retention_bytes = val; given->retention_bytes = 1; break;
-    default: cfg->max_events = val; given->max_events = 1; break;
-    }
-  }
+  uint64_t v;
+  int got;
+  if (body_uint(req, "partitions", 1, SD_MAX_PARTITIONS, &v, &got) != 0) return -1;
+  if ((given->partitions = got)) cfg->partitions = (uint32_t)v;
+  if (body_uint(req, "retention_hours", 0, 24 * 365 * 1000, &v, &got) != 0) return -1;
+  if ((given->retention_hours = got)) cfg->retention_hours = v;
+  if (body_uint(req, "retention_bytes", 0, INT64_MAX, &v, &got) != 0) return -1;
+  if ((given->retention_bytes = got)) cfg->retention_bytes = v;
+  if (body_uint(req, "max_events", 0, INT64_MAX, &v, &got) != 0) return -1;
+  if ((given->max_events = got)) cfg->max_events = v;
   return 0;
 }
 
@@ -1108,23 +1111,14 @@ static int parse_group_config(struct sd_req *req, struct sd_group_config *cfg) {
     }
     *fields[i] = is(v, choices[i].b);
   }
-  static const struct {
-    const char *name;
-    int64_t min, max;
-  } nums[] = {{"ack_timeout_ms", 1, 86400000}, {"max_deliveries", 0, 65535}, {"session_timeout_ms", 1, 86400000}};
-  for (int i = 0; i < 3; i++) {
-    json_t *x = json_object_get(req->json, nums[i].name);
-    if (x == NULL) continue;
-    if (!json_is_integer(x) || json_integer_value(x) < nums[i].min || json_integer_value(x) > nums[i].max) {
-      bad_field(req, SD_E_INVALID_PARAMETER, nums[i].name, "'%s' must be a whole number from %lld to %lld",
-                nums[i].name, (long long)nums[i].min, (long long)nums[i].max);
-      return -1;
-    }
-    uint64_t v = (uint64_t)json_integer_value(x);
-    if (i == 0) cfg->ack_timeout_ms = v;
-    else if (i == 1) cfg->max_deliveries = (uint32_t)v;
-    else cfg->session_timeout_ms = v;
-  }
+  uint64_t v;
+  int got;
+  if (body_uint(req, "ack_timeout_ms", 1, 86400000, &v, &got) != 0) return -1;
+  if (got) cfg->ack_timeout_ms = v;
+  if (body_uint(req, "max_deliveries", 0, 65535, &v, &got) != 0) return -1;
+  if (got) cfg->max_deliveries = (uint32_t)v;
+  if (body_uint(req, "session_timeout_ms", 1, 86400000, &v, &got) != 0) return -1;
+  if (got) cfg->session_timeout_ms = v;
   return 0;
 }
 
