@@ -429,6 +429,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return MHD_YES;
   }
   if (req->suspended) return MHD_YES;
+  if (h->closing) {
+    /* MHD_stop_daemon refuses suspended connections: answer at once. */
+    sd_req_error(req, SD_E_SHUTTING_DOWN, NULL, NULL);
+    return MHD_YES;
+  }
   fresh_done(c);
   /* The request is complete: from now on the idle timeout applies. */
   MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->connection_timeout_s);
@@ -579,7 +584,9 @@ static void timer_closed(uv_handle_t *t) {
 }
 
 void sd_http_free(struct sd_http *h) {
-  /* Anything still suspended is resumed so MHD can close it. */
+  h->closing = 1;
+  /* Anything still suspended is resumed so MHD can close it; requests that
+   * complete from here on are refused rather than suspended. */
   while (!sd_list_empty(&h->suspended)) {
     struct sd_req *r = SD_CONTAINER_OF(h->suspended.next, struct sd_req, node);
     sd_req_error(r, SD_E_SHUTTING_DOWN, NULL, NULL);
@@ -587,6 +594,7 @@ void sd_http_free(struct sd_http *h) {
   /* Upgraded sockets go back to MHD before it stops. */
   sd_ws_server_free(h->ws);
   MHD_run(h->daemon);
+  SD_ASSERT(sd_list_empty(&h->suspended));
   uv_poll_stop(&h->poll);
   uv_timer_stop(&h->timer);
   uv_close((uv_handle_t *)&h->sweep, NULL);

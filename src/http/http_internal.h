@@ -33,6 +33,7 @@ struct sd_http {
   uv_timer_t timer;
   uint16_t port;
   int quiescing;
+  int closing; /* sd_http_free has begun: nothing may suspend any more */
   uint64_t started_ms;
   size_t in_flight;      /* contexts between first call and completion */
   size_t connections;    /* open connections, WebSocket ones included */
