@@ -54,6 +54,8 @@ static const struct key keys[] = {
      "most connections from one address (default 0 = no limit)"},
     {"connection_timeout_s", K_U32, F(connection_timeout_s), 1, 86400,
      "idle connection timeout in seconds (default 90)"},
+    {"connection_memory_bytes", K_U32, F(connection_memory_bytes), 4096, 1u << 20,
+     "memory per HTTP connection, bounding the request line and headers (default 8192)"},
     {"header_timeout_s", K_U32, F(header_timeout_s), 1, 86400,
      "time a new connection has to send its first request, in seconds (default 10)"},
     {"max_json_depth", K_U32, F(max_json_depth), 2, 1000, "deepest nesting of request JSON (default 32)"},
@@ -85,6 +87,7 @@ void sd_config_default(struct sd_config *c) {
   c->per_ip_connections = 0;
   c->connection_timeout_s = 90;
   c->header_timeout_s = 10;
+  c->connection_memory_bytes = 8192;
   c->max_json_depth = 32;
   c->max_wait_ms = 60000;
   c->max_waiting = 100000;

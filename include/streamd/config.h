@@ -22,6 +22,7 @@ struct sd_config {
   uint32_t max_connections;         /* open HTTP connections */
   uint32_t per_ip_connections;      /* 0 = no per-address limit */
   uint32_t connection_timeout_s;    /* idle connection timeout */
+  uint32_t connection_memory_bytes; /* libmicrohttpd's per-connection pool: request head + response head */
   uint32_t header_timeout_s;        /* time for a new connection's first request */
   uint32_t max_json_depth;          /* nesting depth of request JSON */
   uint32_t max_wait_ms;             /* long-poll cap */

@@ -235,6 +235,38 @@ class BadInputTest(ServerTestCase):
         resp = self.exchange(b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertRejected(resp, allowed=(400, 404, 414, 431))
 
+    def test_header_capacity_follows_connection_memory_bytes(self):
+        # The default pool (8192 bytes) holds a request head of 7.5 KB; a
+        # head past it is refused or cut off, and the connection's neighbours
+        # go on being served.
+        pad = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: %s\r\n\r\n"
+        resp = self.exchange(pad % (b"a" * 7500))
+        self.assertIsNotNone(resp)
+        self.assertEqual(resp.status, 200, resp)
+        self.assertRejected(self.exchange(pad % (b"a" * 9000)))
+        small = harness.Server(["--connection-memory-bytes", "4096"])
+        self.addCleanup(small.cleanup)
+        small.start()
+        st, _ = small.get("/health")
+        self.assertEqual(st, 200)
+        s = small.raw_socket()
+        try:
+            try:
+                s.sendall(pad % (b"a" * 5000))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            try:
+                resp = read_response(s, timeout=harness.scaled(5))
+            except ConnectionResetError:
+                resp = None
+            if resp is not None:
+                self.assertIn(resp.status, (400, 413, 431), resp)
+        finally:
+            s.close()
+        st, _ = small.get("/health")
+        self.assertEqual(st, 200)
+        small.stop()
+
     def test_bad_content_length(self):
         for cl in (b"-1", b"abc", b"99999999999999999999999", b"1, 2"):
             resp = self.exchange(b"POST /stream/intact/publish HTTP/1.1\r\nHost: x\r\nContent-Type: "
