@@ -627,8 +627,14 @@ static void maybe_reserve(struct sd_stream *s, struct partition *p) {
 
 /* ---- segments of a partition ----------------------------------------------- */
 
-static int push_segment(struct partition *p, struct sd_segment *seg) {
+/* Makes seg the one that takes appends: staged in always mode, copied into
+ * its mapping otherwise (pwritev when the mapping cannot be made writable). */
+static void make_active(struct partition *p, struct sd_segment *seg) {
   seg->staging = p->staging;
+  if (!p->staging) (void)sd_segment_set_writable(seg, 1);
+}
+
+static int push_segment(struct partition *p, struct sd_segment *seg) {
   if (p->nsegs == p->segcap) {
     uint32_t cap = p->segcap ? p->segcap * 2 : 8;
     struct sd_segment **n = realloc(p->segs, cap * sizeof(*n));
@@ -636,7 +642,9 @@ static int push_segment(struct partition *p, struct sd_segment *seg) {
     p->segs = n;
     p->segcap = cap;
   }
+  if (p->nsegs) (void)sd_segment_set_writable(p->segs[p->nsegs - 1], 0);
   p->segs[p->nsegs++] = seg;
+  make_active(p, seg);
   return 0;
 }
 
@@ -665,7 +673,7 @@ static int roll(struct sd_stream *s, struct partition *p, uint64_t record_bytes)
   if (act->count == 0) {
     /* An empty active segment too small for the record was just replaced
      * on disk (same base); it is dropped, never sealed. */
-    seg->staging = p->staging;
+    make_active(p, seg);
     p->segs[p->nsegs - 1] = seg;
     sd_segment_unref(act);
     p->dir_dirty = 1;

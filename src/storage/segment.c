@@ -409,6 +409,14 @@ int sd_segment_flush(struct sd_segment *seg) {
   return rc;
 }
 
+int sd_segment_set_writable(struct sd_segment *seg, int on) {
+  on = on ? 1 : 0;
+  if (seg->writable == on) return 0;
+  if (mprotect((void *)seg->map, seg->size, on ? PROT_READ | PROT_WRITE : PROT_READ) != 0) return -errno;
+  seg->writable = on;
+  return 0;
+}
+
 int sd_segment_append(struct sd_segment *seg, uint64_t timestamp_ms, const char *id, size_t id_len,
                       const struct iovec *json, int json_iovcnt, size_t json_len) {
   char hdr[SD_REC_HEADER_BYTES];
@@ -436,7 +444,14 @@ int sd_segment_append(struct sd_segment *seg, uint64_t timestamp_ms, const char 
   size_t padn = (size_t)(sz - SD_REC_HEADER_BYTES - id_len - json_len);
   if (padn) iov[n++] = (struct iovec){(void *)pad, padn};
 
-  if (seg->staging) {
+  if (seg->writable && seg->end + sz <= seg->reserved) {
+    /* The blocks exist: a copy into the page cache, no system call. */
+    char *w = (char *)seg->map + seg->end;
+    for (int i = 0; i < n; i++) {
+      memcpy(w, iov[i].iov_base, iov[i].iov_len);
+      w += iov[i].iov_len;
+    }
+  } else if (seg->staging) {
     /* Gathered; sd_segment_flush writes the whole run with one pwrite. */
     if (seg->stage.len == 0) seg->stage_at = seg->end;
     if ((rc = sd_buf_reserve(&seg->stage, (size_t)sz)) != 0) return rc;

@@ -37,10 +37,11 @@ struct sd_segment {
   uint64_t first_ts;   /* timestamp of the first record (0 when empty) */
   uint64_t last_ts;    /* timestamp of the last record */
   int fd;
-  const char *map;     /* PROT_READ mapping of size bytes */
+  const char *map;     /* mapping of size bytes: PROT_READ, or also PROT_WRITE when writable */
   uint32_t *pos;       /* pos[i]: file position of record base+i */
   uint32_t pos_cap;
   int staging;         /* appends gather in stage until sd_segment_flush */
+  int writable;        /* appends inside [0, reserved) are copied into the mapping */
   struct sd_buf stage; /* bytes [stage_at, end) not yet written */
   uint64_t stage_at;
   int sealed;          /* no more appends; index file may be written */
@@ -118,6 +119,12 @@ int sd_segment_append(struct sd_segment *seg, uint64_t timestamp_ms, const char 
  * -errno (then nothing gathered is lost from memory: it may be retried
  * only by a caller that knows the file is unchanged). */
 int sd_segment_flush(struct sd_segment *seg);
+
+/* Makes appends copy records into the mapping (on) instead of writing them
+ * with pwritev, or takes write access away (off).  Only bytes below
+ * `reserved` are written that way, so a full disk still shows as -ENOSPC
+ * from pwritev and never as SIGBUS.  0 or -errno (then nothing changed). */
+int sd_segment_set_writable(struct sd_segment *seg, int on);
 
 /* Forgets records from index i on (rollback of an unfinished batch) and
  * zeroes their bytes so no stale record survives a crash.  -errno. */
