@@ -1317,8 +1317,18 @@ int sd_stream_read_merged(struct sd_stream *s, int64_t from, uint32_t limit, siz
 
 void sd_stream_consumer_seen(struct sd_stream *s, const char *consumer, uint32_t partition, uint64_t offset,
                              uint64_t now_ms) {
-  char key[SD_MAX_NAME + 16];
-  snprintf(key, sizeof(key), "%s#%05u", consumer, partition); /* sorts by partition number */
+  /* "<consumer>#<partition, 5 digits or more>": sorts by partition number.
+   * Built by hand: every delivery to a subscriber comes through here. */
+  char key[SD_MAX_NAME + 16], digits[10];
+  size_t n = strnlen(consumer, SD_MAX_NAME), nd = 0;
+  memcpy(key, consumer, n);
+  key[n++] = '#';
+  do {
+    digits[nd++] = (char)('0' + partition % 10);
+    partition /= 10;
+  } while (partition || nd < 5);
+  while (nd) key[n++] = digits[--nd];
+  key[n] = '\0';
   json_t *v = json_object_get(s->consumers, key);
   if (v != NULL) {
     json_integer_set(json_array_get(v, 0), (json_int_t)offset);

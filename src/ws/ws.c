@@ -2,8 +2,9 @@
  * ws.c - WebSocket subscriber connections; see ws.h.
  *
  * Life of a connection: sd_ws_conn_new (at the handshake) -> sd_ws_upgraded
- * (MHD hands over the socket) -> reads from the log into wslay's queue,
- * wslay frames into c->out, one send() per pass -> close: a close frame is
+ * (MHD hands over the socket) -> reads from the log, framing each event
+ * straight into c->out (wslay parses what the client sends and frames the
+ * control frames, into c->out too), one send() per pass -> close: a close frame is
  * queued, the connection ends once it is sent (or at the next ping tick)
  * -> the poll handle closes -> MHD_upgrade_action(CLOSE) gives the socket
  * back to MHD, which closes it.
@@ -41,7 +42,6 @@ struct sd_ws_server {
   void *kick_arg;
   struct sd_list conns;
   size_t count;
-  struct sd_buf scratch;  /* one group frame being built */
   uv_timer_t ping;
   int closing;
   int freeing;
@@ -223,10 +223,44 @@ static int conn_flush(struct sd_ws_conn *c) {
   return 0;
 }
 
+/* Appends one unfragmented, unmasked text frame holding a then b to c->out,
+ * bypassing wslay's queue: events are the bulk of what a connection sends,
+ * and this is one copy from the mapped log, with no allocation.  wslay's own
+ * frames (pong, ping, close) land in c->out between whole frames, since
+ * on_send takes every byte it is given. */
+static int out_text_frame(struct sd_ws_conn *c, const char *a, size_t alen, const char *b, size_t blen) {
+  uint8_t hdr[10];
+  size_t hlen, len = alen + blen;
+  hdr[0] = 0x81; /* FIN, text */
+  if (len < 126) {
+    hdr[1] = (uint8_t)len;
+    hlen = 2;
+  } else if (len <= 0xffff) {
+    hdr[1] = 126;
+    hdr[2] = (uint8_t)(len >> 8);
+    hdr[3] = (uint8_t)len;
+    hlen = 4;
+  } else {
+    hdr[1] = 127;
+    for (int i = 0; i < 8; i++) hdr[2 + i] = (uint8_t)((uint64_t)len >> (56 - 8 * i));
+    hlen = 10;
+  }
+  if (c->out_off > 0 && c->out_off >= c->out.len / 2) {
+    /* The sent half goes, so c->out stays within twice what is unsent. */
+    memmove(c->out.data, c->out.data + c->out_off, c->out.len - c->out_off);
+    c->out.len -= c->out_off;
+    c->out_off = 0;
+  }
+  if (sd_buf_reserve(&c->out, hlen + len) != 0) return -1;
+  sd_buf_append(&c->out, hdr, hlen);
+  sd_buf_append(&c->out, a, alen);
+  if (blen) sd_buf_append(&c->out, b, blen);
+  return 0;
+}
+
 static int queue_record(void *arg, const struct sd_record *rec) {
   struct sd_ws_conn *c = arg;
-  struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)rec->json, rec->json_len};
-  if (wslay_event_queue_msg(c->ctx, &m) != 0) return 1;
+  if (out_text_frame(c, rec->json, rec->json_len, NULL, 0) != 0) return 1;
   c->next[rec->partition] = rec->offset + 1;
   return 0;
 }
@@ -238,11 +272,7 @@ static int queue_group_record(void *arg, const struct sd_record *rec, uint32_t d
   char tail[40];
   int n = snprintf(tail, sizeof(tail), ",\"deliveries\":%u}", deliveries);
   /* The event as stored without its closing brace, then the count. */
-  struct sd_buf *b = &c->srv->scratch;
-  sd_buf_reset(b);
-  if (sd_buf_append(b, rec->json, rec->json_len - 1) != 0 || sd_buf_append(b, tail, (size_t)n) != 0) return 1;
-  struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)b->data, b->len};
-  if (wslay_event_queue_msg(c->ctx, &m) != 0) return 1;
+  if (out_text_frame(c, rec->json, rec->json_len - 1, tail, (size_t)n) != 0) return 1;
   c->inflight++;
   return 0;
 }
@@ -284,7 +314,8 @@ static void conn_refill(struct sd_ws_conn *c) {
   const struct sd_config *cfg = c->srv->cfg;
   uint32_t first = c->partition >= 0 ? (uint32_t)c->partition : 0;
   uint32_t count = c->partition >= 0 ? 1 : c->nparts;
-  if (c->closing || c->dead) return;
+  /* Nothing may follow a close frame, even one wslay sent on its own. */
+  if (c->closing || c->dead || wslay_event_get_close_sent(c->ctx)) return;
   if (c->group) {
     group_refill(c);
     return;
@@ -571,7 +602,6 @@ void sd_ws_server_shutdown(struct sd_ws_server *srv) {
 
 static void ping_closed(uv_handle_t *h) {
   struct sd_ws_server *srv = h->data;
-  sd_buf_free(&srv->scratch);
   free(srv);
 }
 
