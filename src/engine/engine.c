@@ -1140,8 +1140,17 @@ int sd_stream_append(struct sd_stream *s, const struct sd_event_in *ev, size_t n
 
     uint64_t off = p->next_offset;
     uint64_t ts = now > p->last_ts ? now : p->last_ts;
-    int lp = snprintf(pre, sizeof(pre), "{\"offset\":%llu,\"partition\":%u,", (unsigned long long)off, pn);
-    int ls = snprintf(post, sizeof(post), ",\"timestamp\":%llu}", (unsigned long long)ts);
+    /* {"offset":O,"partition":P,  ...members...  ,"timestamp":T} */
+    size_t lp = 0, ls = 0;
+    memcpy(pre, "{\"offset\":", 10);
+    lp = 10 + sd_fmt_u64(pre + 10, off);
+    memcpy(pre + lp, ",\"partition\":", 13);
+    lp += 13;
+    lp += sd_fmt_u64(pre + lp, pn);
+    pre[lp++] = ',';
+    memcpy(post, ",\"timestamp\":", 13);
+    ls = 13 + sd_fmt_u64(post + 13, ts);
+    post[ls++] = '}';
     size_t jlen = (size_t)lp + x->members_len + (size_t)ls;
     uint64_t need = sd_record_size(x->id_len, jlen);
     if (need > sd_segment_room(active_seg(p))) {

@@ -96,6 +96,7 @@ static void req_destroy(struct sd_req *r) {
   sd_buf_free(&r->body);
   sd_buf_free(&r->out);
   sd_buf_free(&r->scratch);
+  sd_buf_free(&r->envelope);
   free(r->events);
   free(r->results);
   free(r->spans);
@@ -122,6 +123,7 @@ static void req_put(struct sd_http *h, struct sd_req *r) {
   shrink(&r->body);
   shrink(&r->out);
   shrink(&r->scratch);
+  shrink(&r->envelope);
   /* Reset the per-request fields; buffers and arrays are kept. */
   r->conn = NULL;
   r->method = NULL;

@@ -64,6 +64,7 @@ struct sd_req {
   struct sd_buf body;         /* request body */
   struct sd_buf out;          /* response body */
   struct sd_buf scratch;      /* encoded event members */
+  struct sd_buf envelope;     /* publish body with each event's data replaced by null */
   unsigned status;            /* of the pending response */
   const char *content_type;   /* static string; NULL: application/json */
   struct sd_stream *stream;   /* referenced while suspended */

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "http_internal.h"
+#include "jcheck.h"
 #include "jspan.h"
 #include "streamd/err.h"
 #include "streamd/group.h"
@@ -131,6 +132,11 @@ static uint32_t json_depth(const char *p, size_t n) {
   return max;
 }
 
+/* A parse_body flag beside jansson's: the body is a publish body, whose
+ * events' data members are checked but not parsed into req->json (there
+ * they are null; the raw bytes are read from req->body). */
+#define PARSE_PUBLISH ((size_t)1 << 30)
+
 /* Parses req->body into req->json; answers 400 and returns -1 on failure.
  * An empty body gives req->json NULL and 0 when allow_empty. */
 static int parse_body(struct sd_req *req, int allow_empty, size_t flags) {
@@ -149,6 +155,18 @@ static int parse_body(struct sd_req *req, int allow_empty, size_t flags) {
     snprintf(msg, sizeof(msg), "JSON nested deeper than max_json_depth (%u)", cfg->max_json_depth);
     sd_req_error(req, SD_E_INVALID_JSON, msg, NULL);
     return -1;
+  }
+  if (flags & PARSE_PUBLISH) {
+    /* Most bodies: jansson parses only the envelope (see jcheck.h). */
+    flags &= ~(size_t)PARSE_PUBLISH;
+    int rc = sd_jcheck_publish(p, n, cfg->max_json_depth, &req->envelope);
+    if (rc == 1) {
+      req->json = json_loadb(req->envelope.data, req->envelope.len, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | flags, &jerr);
+      if (req->json != NULL) return 0;
+      /* Cannot happen (jcheck accepts only what jansson accepts); if it
+       * does, the whole body decides. */
+      SD_WARN("publish body check accepted a body whose envelope jansson refused");
+    }
   }
   req->json = json_loadb(p, n, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL | flags, &jerr);
   if (req->json == NULL) {
@@ -645,8 +663,12 @@ static void publish_response(struct sd_req *req) {
   sd_buf_reset(b);
   if (!req->batch) {
     struct sd_append_result *r = &req->results[0];
-    sd_buf_printf(b, "{\"success\":true,\"offset\":%llu,\"partition\":%u%s}", (unsigned long long)r->offset,
-                  r->partition, r->duplicate ? ",\"duplicate\":true" : "");
+    SD_BUF_LIT(b, "{\"success\":true,\"offset\":");
+    sd_buf_u64(b, r->offset);
+    SD_BUF_LIT(b, ",\"partition\":");
+    sd_buf_u64(b, r->partition);
+    if (r->duplicate) SD_BUF_LIT(b, ",\"duplicate\":true");
+    SD_BUF_LIT(b, "}");
   } else {
     SD_BUF_LIT(b, "{\"success\":true,\"results\":[");
     for (size_t i = 0; i < req->nevents; i++) {
@@ -678,7 +700,7 @@ static void handle_publish(struct sd_req *req) {
   json_t *list = NULL;
   int rc;
 
-  if (parse_body(req, 0, JSON_DECODE_INT_AS_REAL) != 0) return;
+  if (parse_body(req, 0, JSON_DECODE_INT_AS_REAL | PARSE_PUBLISH) != 0) return;
   struct sd_span body = {sd_jspan_ws(req->body.data, req->body.data + req->body.len), 0};
   body.len = (size_t)(req->body.data + req->body.len - body.p);
   struct sd_span list_span = body;

@@ -157,3 +157,19 @@ uint64_t sd_now_ms(void) {
   clock_gettime(CLOCK_REALTIME, &ts);
   return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+size_t sd_fmt_u64(char *dst, uint64_t v) {
+  char tmp[20];
+  size_t n = 0;
+  do {
+    tmp[n++] = (char)('0' + v % 10);
+    v /= 10;
+  } while (v);
+  for (size_t i = 0; i < n; i++) dst[i] = tmp[n - 1 - i];
+  return n;
+}
+
+int sd_buf_u64(struct sd_buf *b, uint64_t v) {
+  char d[20];
+  return sd_buf_append(b, d, sd_fmt_u64(d, v));
+}
