@@ -45,6 +45,7 @@ struct sd_ws_server {
   uv_timer_t ping;
   int closing;
   int freeing;
+  uint64_t events[2];     /* queued since start-up: [0] stream, [1] group */
 };
 
 struct sd_ws_conn {
@@ -244,6 +245,7 @@ static int queue_group_record(void *arg, const struct sd_record *rec, uint32_t d
   struct wslay_event_msg m = {WSLAY_TEXT_FRAME, (const uint8_t *)b->data, b->len};
   if (wslay_event_queue_msg(c->ctx, &m) != 0) return 1;
   c->inflight++;
+  c->srv->events[1]++;
   return 0;
 }
 
@@ -316,6 +318,7 @@ static void conn_refill(struct sd_ws_conn *c) {
         progressed = 1;
         sd_stream_consumer_seen(c->stream, c->consumer, p, c->next[p] - 1, sd_now_ms());
         sd_stream_count_consumed(c->stream, c->next[p] - before);
+        c->srv->events[0] += c->next[p] - before;
       }
       q = queued(c);
       if (q >= cfg->ws_window_bytes) break;
@@ -557,6 +560,10 @@ int sd_ws_server_new(uv_loop_t *loop, const struct sd_config *cfg, void (*kick)(
 }
 
 size_t sd_ws_server_count(const struct sd_ws_server *srv) { return srv->count; }
+void sd_ws_server_events(const struct sd_ws_server *srv, uint64_t out[2]) {
+  out[0] = srv->events[0];
+  out[1] = srv->events[1];
+}
 
 void sd_ws_server_shutdown(struct sd_ws_server *srv) {
   srv->closing = 1;
