@@ -71,7 +71,7 @@ static const struct key keys[] = {
      "comma-separated browser origins allowed besides same-host ones, * for any (default none)"},
     {"log_level", K_STR, F(log_level), 0, 0, "debug | info | warn | error (default info)"},
     {"log_format", K_STR, F(log_format), 0, 0, "text | json: log lines as text or JSON objects (default text)"},
-    {"access_log", K_BOOL, F(access_log), 0, 0, "one log line per request (default false)"},
+    {"access_log", K_BOOL, F(access_log), 0, 0, "on | off: one log line per request (default off)"},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
