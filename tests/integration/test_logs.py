@@ -120,6 +120,23 @@ class JsonLogTest(LogTestBase):
         self.assertEqual(resp.status, 200)
         self.assertGreaterEqual(self.access(port)[0]["duration_ms"], 250)
 
+    def test_websocket_upgrade(self):
+        s = "logs-ws"
+        self.server.create(s)
+        with self.server.raw_socket() as c:
+            port = c.getsockname()[1]
+            c.sendall(b"GET /stream/%s/ws/watcher HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                      b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                      b"Sec-WebSocket-Version: 13\r\n\r\n" % s.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = c.recv(4096)
+                self.assertTrue(chunk, head)
+                head += chunk
+            self.assertTrue(head.startswith(b"HTTP/1.1 101"), head)
+            rec = self.access(port)[0]  # logged at the handshake, while the session goes on
+        self.assertEqual((rec["method"], rec["path"], rec["status"], rec["bytes"]), ("GET", "/stream/%s/ws/watcher" % s, 101, 0))
+
     def test_client_gone_before_the_answer(self):
         # Half a body, then the client closes: no response, status 0.
         with self.server.raw_socket() as c:
