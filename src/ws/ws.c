@@ -246,6 +246,7 @@ static int queue_group_record(void *arg, const struct sd_record *rec, uint32_t d
   if (wslay_event_queue_msg(c->ctx, &m) != 0) return 1;
   c->inflight++;
   c->srv->events[1]++;
+  sd_stream_count_consumed(c->stream, 1); /* like a group consume over HTTP */
   return 0;
 }
 

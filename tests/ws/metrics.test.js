@@ -200,6 +200,14 @@ test('counters, gauges and histograms match what the client did', { timeout: h.s
   made.websocket++;
   await h.waitFor(() => sub.msgs.length === events, h.scaled(10000), `${events} events on the WebSocket`);
 
+  // A group consumer over WebSocket (auto acks) gets every event of m.
+  const gsub = await h.openClient(`${server.wsBase}/stream/m/group/w/ws/worker`).catch(async () => null);
+  assert.equal(gsub, null, 'the group does not exist yet');
+  await call('groups', 'POST', '/stream/m/group/w', {}, 201);
+  const gws = await h.openClient(`${server.wsBase}/stream/m/group/w/ws/worker`);
+  made.websocket += 2;
+  await h.waitFor(() => gws.msgs.length === events, h.scaled(10000), `${events} events on the group WebSocket`);
+
   const { families } = await scrape();
   const delta = (name, labels) => value(families, name, labels) - before(name, labels);
 
@@ -212,14 +220,15 @@ test('counters, gauges and histograms match what the client did', { timeout: h.s
   assert.equal(delta('streamd_consumed_events_total', { kind: 'stream', transport: 'http' }), consumed);
   assert.equal(delta('streamd_consumed_events_total', { kind: 'group', transport: 'http' }), 5 + 4);
   assert.equal(delta('streamd_consumed_events_total', { kind: 'stream', transport: 'websocket' }), events);
+  assert.equal(delta('streamd_consumed_events_total', { kind: 'group', transport: 'websocket' }), events);
   assert.equal(value(families, 'streamd_stream_published_events_total', { stream: 'm' }), events);
-  assert.equal(value(families, 'streamd_stream_consumed_events_total', { stream: 'm' }), consumed + 5 + events);
+  assert.equal(value(families, 'streamd_stream_consumed_events_total', { stream: 'm' }), consumed + 5 + 2 * events);
   assert.equal(value(families, 'streamd_stream_published_events_total', { stream: 'dd' }), 4);
 
   // WebSocket subscriber and connections.
-  assert.equal(value(families, 'streamd_stream_subscribers', { stream: 'm' }), 1);
-  assert.equal(value(families, 'streamd_websocket_connections'), 1);
-  assert.ok(value(families, 'streamd_http_connections') >= 2, 'the HTTP client and the WebSocket');
+  assert.equal(value(families, 'streamd_stream_subscribers', { stream: 'm' }), 2, 'the subscriber and the group consumer');
+  assert.equal(value(families, 'streamd_websocket_connections'), 2);
+  assert.ok(value(families, 'streamd_http_connections') >= 3, 'the HTTP client and the WebSockets');
 
   // Partitions: counts, offsets and bytes add up to what was published.
   let held = 0;
@@ -264,7 +273,8 @@ test('counters, gauges and histograms match what the client did', { timeout: h.s
   assert.equal(diff('streams', '2xx'), 2);
   assert.equal(diff('group_consume', '2xx'), made.group_consume);
   assert.equal(diff('group_ack', '2xx'), 2);
-  assert.equal(diff('websocket', '1xx'), 1);
+  assert.equal(diff('websocket', '1xx'), 2);
+  assert.equal(diff('websocket', '4xx'), 1, 'the upgrade to a group that did not exist');
   assert.equal(diff('groups', '2xx'), made.groups - 1, 'group creations and info reads (the last one came after)');
   assert.equal(diff('metrics', '2xx'), 1, 'the baseline scrape');
   assert.equal(count(families, 'metrics', '2xx'), made.metrics - 1, 'every scrape but this one');
@@ -276,7 +286,9 @@ test('counters, gauges and histograms match what the client did', { timeout: h.s
   assert.ok(Number(fs.count) > Number(histogram(base.families, 'streamd_fsync_duration_seconds').count));
 
   sub.ws.close();
+  gws.ws.close();
   await sub.closed;
+  await gws.closed;
   await h.waitFor(async () => value((await scrape()).families, 'streamd_stream_subscribers', { stream: 'm' }) === 0,
     h.scaled(5000), 'the subscriber gone');
 });
