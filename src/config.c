@@ -72,6 +72,8 @@ static const struct key keys[] = {
     {"allowed_origins", K_STR, F(allowed_origins), 0, 0,
      "comma-separated browser origins allowed besides same-host ones, * for any (default none)"},
     {"log_level", K_STR, F(log_level), 0, 0, "debug | info | warn | error (default info)"},
+    {"log_format", K_STR, F(log_format), 0, 0, "text | json: log lines as text or JSON objects (default text)"},
+    {"access_log", K_BOOL, F(access_log), 0, 0, "on | off: one log line per request (default off)"},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -96,6 +98,7 @@ void sd_config_default(struct sd_config *c) {
   c->ws_window_bytes = 256u * 1024u;
   c->ws_max_message_bytes = 64u * 1024u;
   snprintf(c->log_level, sizeof(c->log_level), "info");
+  snprintf(c->log_format, sizeof(c->log_format), "text");
 }
 
 static const struct key *find_key(const char *name) {

@@ -17,6 +17,7 @@
 #include "streamd/err.h"
 #include "streamd/http.h"
 #include "streamd/log.h"
+#include "streamd/service.h"
 
 #define SHUTDOWN_DEADLINE_MS 10000
 
@@ -43,9 +44,11 @@ static void on_drain(uv_timer_t *t) {
 
 static void on_signal(uv_signal_t *h, int signum) {
   struct server *sv = h->data;
+  int rc;
   if (sv->stopping) return;
   sv->stopping = 1;
   SD_INFO("received %s: shutting down", signum == SIGTERM ? "SIGTERM" : "SIGINT");
+  if ((rc = sd_service_stopping()) != 0) SD_WARN("service manager notification failed: %s", sd_strerror(rc));
   sd_http_quiesce(sv->http);
   sv->drain_started = uv_now(&sv->loop);
   uv_timer_start(&sv->drain, on_drain, 0, 10);
@@ -74,6 +77,12 @@ int main(int argc, char **argv) {
     return 2;
   }
   sd_log_set_level(lvl);
+  enum sd_log_format fmt;
+  if (sd_log_parse_format(sv.cfg.log_format, &fmt) != 0) {
+    fprintf(stderr, "streamd: log_format must be text or json\n");
+    return 2;
+  }
+  sd_log_set_format(fmt);
   signal(SIGPIPE, SIG_IGN);
   /* Every connection holds a descriptor: use all the hard limit allows. */
   struct rlimit rl;
@@ -105,6 +114,10 @@ int main(int argc, char **argv) {
   static const char *const modes[] = {"always", "interval", "never"};
   SD_INFO("streamd %s listening on %s:%u (data %s, durability %s)", STREAMD_VERSION, sv.cfg.host,
           sd_http_port(sv.http), sv.cfg.data_dir, modes[sv.cfg.engine.durability]);
+  /* Listening and serving from here: the service manager may start what depends on us. */
+  char status[128];
+  snprintf(status, sizeof(status), "listening on %s:%u", sv.cfg.host, sd_http_port(sv.http));
+  if ((rc = sd_service_ready(status)) != 0) SD_WARN("service manager notification failed: %s", sd_strerror(rc));
 
   uv_run(&sv.loop, UV_RUN_DEFAULT);
 

@@ -33,6 +33,8 @@ struct sd_config {
   int auto_create_streams;
   char allowed_origins[2048];       /* comma-separated origins, "*" for any */
   char log_level[16];
+  char log_format[16];              /* text | json */
+  int access_log;                   /* one log line per request */
   char config_file[1024];
 };
 

@@ -109,6 +109,13 @@ int sd_engine_close(struct sd_engine *e);
 
 const struct sd_engine_options *sd_engine_options(const struct sd_engine *e);
 
+/* Durations of the sync jobs that synced anything (segments, directories,
+ * group logs): fdatasync and the writes around it, timed on the thread
+ * pool and counted on the loop thread when the job completes.  Valid while
+ * the engine is open. */
+struct sd_hist;
+const struct sd_hist *sd_engine_sync_latency(const struct sd_engine *e);
+
 /* Checks a stream, group or consumer name: 1..255 bytes of [A-Za-z0-9._:-],
  * not starting with '.'.  0 or SD_E_INVALID_NAME. */
 int sd_name_check(const char *name, size_t len);

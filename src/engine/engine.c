@@ -49,6 +49,7 @@
 #include "streamd/engine.h"
 #include "streamd/err.h"
 #include "streamd/log.h"
+#include "streamd/metrics.h"
 #include "util/crc.h"
 #include "util/fsutil.h"
 
@@ -92,6 +93,7 @@ struct sync_job {
   const char *glog_from, *glog_to; /* a compaction's rename */
   int glog_err;
   int flush_err;         /* gathered appends could not be written */
+  uint64_t work_ns;      /* duration of sync_work, measured on the pool thread */
 };
 
 struct dedup_entry {
@@ -149,6 +151,7 @@ struct sd_engine {
   int closing;
   uint64_t trash_seq;
   int lock_fd;                /* flock'd <data>/LOCK: one server per directory */
+  struct sd_hist sync_hist;   /* sync job durations, folded in by sync_after */
 };
 
 static void want_sync(struct sd_stream *s);
@@ -318,6 +321,7 @@ static int job_add_dir(struct sync_job *j, char *dir) {
 static void sync_work(uv_work_t *req) {
   struct sync_job *j = req->data;
   struct sd_engine *e = j->s->e;
+  uint64_t t0 = uv_hrtime();
   for (uint32_t i = 0; i < j->nsegs; i++) {
     struct sd_segment *seg = j->segs[i];
     if (fdatasync(seg->fd) != 0) {
@@ -342,6 +346,7 @@ static void sync_work(uv_work_t *req) {
     int rc = sd_fs_sync_dir(j->dirs[i]);
     if (rc != 0) j->dir_err[i] = rc;
   }
+  j->work_ns = uv_hrtime() - t0; /* read by sync_after, after the pool hands the job back */
 }
 
 static void set_read_only(struct sd_stream *s, struct partition *p, const char *what, int err) {
@@ -359,6 +364,8 @@ static void sync_after(uv_work_t *req, int status) {
   int failed = status != 0 ? -EIO : j->flush_err;
   int advanced = 0;
   (void)status;
+
+  if (status == 0 && (j->nsegs > 0 || j->ndirs > 0 || j->glog_fd >= 0)) sd_hist_observe_ns(&e->sync_hist, j->work_ns);
 
   for (uint32_t i = 0; i < j->nsegs; i++) {
     struct sd_segment *seg = j->segs[i];
@@ -1793,6 +1800,7 @@ fail_engine:
 }
 
 const struct sd_engine_options *sd_engine_options(const struct sd_engine *e) { return &e->o; }
+const struct sd_hist *sd_engine_sync_latency(const struct sd_engine *e) { return &e->sync_hist; }
 
 int sd_engine_close(struct sd_engine *e) {
   int first_err = 0;

@@ -83,6 +83,8 @@ static struct sd_req *req_get(struct sd_http *h) {
     sd_list_init(&r->node);
   }
   r->h = h;
+  r->t0 = uv_hrtime();
+  r->path_len = 0;
   h->in_flight++;
   return r;
 }
@@ -138,8 +140,45 @@ static void req_put(struct sd_http *h, struct sd_req *r) {
   r->batch = 0;
   r->consumer[0] = '\0';
   r->content_type = NULL;
+  r->events_out = 0;
+  r->observed = 0;
   sd_list_push_back(&h->free_reqs, &r->node);
   h->nfree++;
+}
+
+/* "addr:port" of the request's peer into out, or "-". */
+static void peer_name(struct sd_req *r, char *out, size_t cap) {
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  char a[INET6_ADDRSTRLEN];
+  snprintf(out, cap, "-");
+  if (ci == NULL || ci->client_addr == NULL) return;
+  if (ci->client_addr->sa_family == AF_INET) {
+    const struct sockaddr_in *in = (const struct sockaddr_in *)ci->client_addr;
+    if (inet_ntop(AF_INET, &in->sin_addr, a, sizeof(a))) snprintf(out, cap, "%s:%u", a, ntohs(in->sin_port));
+  } else if (ci->client_addr->sa_family == AF_INET6) {
+    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ci->client_addr;
+    if (inet_ntop(AF_INET6, &in6->sin6_addr, a, sizeof(a))) snprintf(out, cap, "[%s]:%u", a, ntohs(in6->sin6_port));
+  }
+}
+
+/* A request is over (answered and sent, upgraded, or abandoned by its
+ * client): once into the histogram and counters, once into the access log. */
+static void req_observe(struct sd_http *h, struct sd_req *r) {
+  if (r->observed) return;
+  r->observed = 1;
+  unsigned status = r->responded ? r->status : 0;
+  uint64_t ns = uv_hrtime() - r->t0;
+  sd_metrics_request(&h->metrics, sd_routes_family(r), status, ns);
+  sd_routes_count(r, status);
+  if (!h->cfg->access_log) return;
+  /* The router split the path in place: put its slashes back. */
+  char path[sizeof(r->path)], peer[INET6_ADDRSTRLEN + 16];
+  size_t n = r->path_len < sizeof(path) ? r->path_len : 0;
+  for (size_t i = 0; i < n; i++) path[i] = r->path[i] ? r->path[i] : '/';
+  peer_name(r, peer, sizeof(peer));
+  struct sd_log_access a = {r->method ? r->method : "-", path, n, status, r->responded ? r->out.len : 0,
+                            ns / 1000, peer};
+  sd_log_access(&a);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
@@ -149,6 +188,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
   (void)toe;
   if (r == NULL) return;
   *con_cls = NULL;
+  req_observe(h, r);
   req_put(h, r);
 }
 
@@ -271,7 +311,10 @@ const char *sd_req_header(struct sd_req *req, const char *name) {
 static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
                         size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh) {
   struct sd_req *req = con_cls;
-  if (req) req->ws = NULL;
+  if (req) {
+    req->ws = NULL;
+    req_observe(req->h, req); /* the handshake is the request; the session is not timed */
+  }
   sd_ws_upgraded(cls, connection, con_cls, extra_in, extra_in_size, sock, urh);
 }
 
@@ -285,6 +328,8 @@ void sd_req_upgrade(struct sd_req *req, struct sd_ws_conn *c, const char *accept
   MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
   MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept);
   req->ws = c;
+  req->status = MHD_HTTP_SWITCHING_PROTOCOLS;
+  sd_buf_reset(&req->out);
   MHD_queue_response(req->conn, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
   MHD_destroy_response(resp);
   req->responded = 1;
@@ -389,6 +434,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
       return MHD_YES;
     }
     memcpy(req->path, url, n + 1);
+    req->path_len = n;
     if (h->connections > h->cfg->max_connections) {
       /* libmicrohttpd accepts a few past the limit so they can be told. */
       sd_req_error(req, SD_E_BUSY, "too many connections (max_connections)", NULL);

@@ -21,6 +21,7 @@
 #include "streamd/engine.h"
 #include "streamd/http.h"
 #include "streamd/list.h"
+#include "streamd/metrics.h"
 #include "jspan.h"
 #include "ws/ws.h"
 
@@ -44,6 +45,7 @@ struct sd_http {
   struct sd_ws_server *ws;
   uv_timer_t sweep;           /* checks fresh connections for a lost EOF */
   struct sd_list fresh;       /* connections without a complete first request */
+  struct sd_metrics metrics;  /* request histograms and publish/consume counters */
 };
 
 #define SD_PATH_MAX_PARTS 8
@@ -89,6 +91,11 @@ struct sd_req {
   uint64_t *last_read;        /* per partition offset read + 1, for consumer positions */
   uint32_t last_read_cap;
   struct sd_ws_conn *ws;      /* a subscriber waiting for its upgrade */
+  /* metrics and access log */
+  uint64_t t0;                /* uv_hrtime() at the first access-handler call */
+  size_t path_len;            /* of the path before it was split */
+  uint32_t events_out;        /* events a consume returned */
+  int observed;               /* counted and logged (at the upgrade, or at completion) */
 };
 
 /* Prepares the response (status, body in req->out as JSON) and queues it,
@@ -124,6 +131,10 @@ void sd_routes_dispatch(struct sd_req *req);
 int sd_routes_match(struct sd_req *req);
 /* Releases what a handler left in req (routes.c). */
 void sd_routes_release(struct sd_req *req);
+/* The route family of a matched request, for the request histogram (routes.c). */
+enum sd_metrics_route sd_routes_family(const struct sd_req *req);
+/* Adds a finished request to the publish and consume counters (routes.c). */
+void sd_routes_count(struct sd_req *req, unsigned status);
 /* Answers a waiting long poll at once (shutdown). */
 void sd_routes_wake(struct sd_req *req);
 

@@ -881,6 +881,7 @@ static void consume_run(struct sd_req *req, int final) {
     for (uint32_t p = 0; p < req->last_read_cap && p < c->partitions; p++)
       if (req->last_read[p]) sd_stream_consumer_seen(s, req->consumer, p, req->last_read[p] - 1, now);
     sd_stream_count_consumed(s, (uint64_t)rc);
+    req->events_out += (uint32_t)rc;
   }
   SD_BUF_LIT(&req->out, "]");
   uv_timer_stop(&req->wait_timer);
@@ -1255,6 +1256,7 @@ static int append_group_record(void *arg, const struct sd_record *rec, uint32_t 
   b->len += rec->json_len - 1;
   sd_buf_printf(b, ",\"deliveries\":%u}", deliveries);
   sd_stream_count_consumed(sd_group_stream(req->group), 1);
+  req->events_out++;
   return 0;
 }
 
@@ -1458,38 +1460,80 @@ static void handle_group_route(struct sd_req *req, struct sd_stream *s) {
 
 /* ---- metrics -------------------------------------------------------------------- */
 
-/* One metric family: its HELP/TYPE lines, then a sample per stream or
- * per partition, so that each family's samples stay together as the text
- * format requires. */
+/* One metric family: its HELP/TYPE lines, then a sample per stream, per
+ * partition or per group, so that each family's samples stay together as
+ * the text format requires.  Stream and group names need no escaping in a
+ * label value: they are made of [A-Za-z0-9._:-]. */
 struct metric {
   const char *name, *type, *help;
-  int per_partition;
+  int scope;
   int which;
 };
 
 struct metric_ctx {
   struct sd_req *req;
   const struct metric *m;
+  struct sd_stream *s;
 };
 
-enum { M_PUBLISHED, M_CONSUMED, M_SUBSCRIBERS, M_EVENTS, M_BYTES, M_MIN, M_MAX, M_READ_ONLY };
+enum { SCOPE_STREAM, SCOPE_PARTITION, SCOPE_GROUP };
+enum {
+  M_PUBLISHED, M_CONSUMED, M_SUBSCRIBERS, M_EVENTS, M_BYTES, M_MIN, M_MAX, M_SEGMENTS, M_READ_ONLY,
+  M_GROUP_LAG, M_GROUP_PENDING, M_GROUP_DEAD
+};
 
 static const struct metric metrics[] = {
-    {"streamd_stream_published_events_total", "counter", "Events appended since start-up.", 0, M_PUBLISHED},
-    {"streamd_stream_consumed_events_total", "counter", "Events sent to readers since start-up.", 0, M_CONSUMED},
-    {"streamd_stream_subscribers", "gauge", "WebSocket subscribers.", 0, M_SUBSCRIBERS},
-    {"streamd_partition_events", "gauge", "Events held.", 1, M_EVENTS},
-    {"streamd_partition_bytes", "gauge", "Record bytes held on disk.", 1, M_BYTES},
-    {"streamd_partition_min_offset", "gauge", "First readable offset.", 1, M_MIN},
-    {"streamd_partition_max_offset", "gauge", "Last offset held, -1 when empty.", 1, M_MAX},
-    {"streamd_partition_read_only", "gauge", "1 when a failed sync stopped writes.", 1, M_READ_ONLY},
+    {"streamd_stream_published_events_total", "counter", "Events appended to the stream since start-up.", SCOPE_STREAM,
+     M_PUBLISHED},
+    {"streamd_stream_consumed_events_total", "counter",
+     "Events of the stream handed to readers (HTTP, WebSocket, groups) since start-up.", SCOPE_STREAM, M_CONSUMED},
+    {"streamd_stream_subscribers", "gauge", "WebSocket connections reading the stream (subscribers and group consumers).",
+     SCOPE_STREAM, M_SUBSCRIBERS},
+    {"streamd_partition_events", "gauge", "Events held by the partition.", SCOPE_PARTITION, M_EVENTS},
+    {"streamd_partition_bytes", "gauge", "Record bytes the partition holds on disk.", SCOPE_PARTITION, M_BYTES},
+    {"streamd_partition_min_offset", "gauge", "First readable offset of the partition.", SCOPE_PARTITION, M_MIN},
+    {"streamd_partition_max_offset", "gauge", "Last offset the partition holds, -1 when never written.",
+     SCOPE_PARTITION, M_MAX},
+    {"streamd_partition_segments", "gauge", "Segment files of the partition.", SCOPE_PARTITION, M_SEGMENTS},
+    {"streamd_partition_read_only", "gauge", "1 when a failed sync stopped writes to the partition.", SCOPE_PARTITION,
+     M_READ_ONLY},
+    {"streamd_group_lag_events", "gauge", "Events of the stream after the group's committed offsets.", SCOPE_GROUP,
+     M_GROUP_LAG},
+    {"streamd_group_pending_events", "gauge", "Events delivered to the group and not yet settled.", SCOPE_GROUP,
+     M_GROUP_PENDING},
+    {"streamd_group_dead_events", "gauge", "Events the group set aside after max_deliveries.", SCOPE_GROUP,
+     M_GROUP_DEAD},
 };
+
+static void metric_group_sample(void *arg, struct sd_group *g) {
+  struct metric_ctx *x = arg;
+  unsigned long long v = 0;
+  if (x->m->which == M_GROUP_LAG) {
+    for (uint32_t p = 0; p < sd_stream_config(x->s)->partitions; p++) {
+      struct sd_partition_stat ps;
+      uint64_t committed = sd_group_committed(g, p);
+      sd_stream_partition_stat(x->s, p, &ps);
+      if (ps.next_offset > committed) v += ps.next_offset - committed;
+    }
+  } else {
+    struct sd_group_stat st;
+    sd_group_stat(g, &st);
+    v = x->m->which == M_GROUP_PENDING ? st.pending : st.dead;
+  }
+  sd_buf_printf(&x->req->out, "%s{stream=\"%s\",group=\"%s\"} %llu\n", x->m->name, sd_stream_name(x->s),
+                sd_group_name(g), v);
+}
 
 static void metric_samples(void *arg, struct sd_stream *s) {
   struct metric_ctx *x = arg;
   struct sd_buf *b = &x->req->out;
-  const char *name = sd_stream_name(s); /* stream names need no escaping in a label */
-  if (!x->m->per_partition) {
+  const char *name = sd_stream_name(s);
+  if (x->m->scope == SCOPE_GROUP) {
+    x->s = s;
+    sd_group_foreach(s, metric_group_sample, x);
+    return;
+  }
+  if (x->m->scope == SCOPE_STREAM) {
     struct sd_stream_stat st;
     sd_stream_stat(s, &st);
     unsigned long long v = x->m->which == M_PUBLISHED ? st.total_published
@@ -1507,40 +1551,118 @@ static void metric_samples(void *arg, struct sd_stream *s) {
     case M_BYTES: v = (long long)ps.bytes; break;
     case M_MIN: v = (long long)ps.min_offset; break;
     case M_MAX: v = max_offset(&ps); break;
+    case M_SEGMENTS: v = ps.segments; break;
     default: v = ps.read_only; break;
     }
     sd_buf_printf(b, "%s{stream=\"%s\",partition=\"%u\"} %lld\n", x->m->name, name, p, v);
   }
 }
 
+enum sd_metrics_route sd_routes_family(const struct sd_req *req) {
+  switch (req->route) {
+  case R_HEALTH: return SD_METRICS_ROUTE_HEALTH;
+  case R_METRICS: return SD_METRICS_ROUTE_METRICS;
+  case R_LIST:
+  case R_STREAM:
+  case R_INFO:
+  case R_STATS:
+  case R_CONSUMERS: return SD_METRICS_ROUTE_STREAMS;
+  case R_PUBLISH: return SD_METRICS_ROUTE_PUBLISH;
+  case R_CONSUME: return SD_METRICS_ROUTE_CONSUME;
+  case R_WS:
+  case R_GROUP_WS: return SD_METRICS_ROUTE_WEBSOCKET;
+  case R_GROUPS:
+  case R_GROUP:
+  case R_GROUP_INFO:
+  case R_GROUP_DEAD:
+  case R_GROUP_LEAVE: return SD_METRICS_ROUTE_GROUPS;
+  case R_GROUP_CONSUME: return SD_METRICS_ROUTE_GROUP_CONSUME;
+  case R_GROUP_ACK: return SD_METRICS_ROUTE_GROUP_ACK;
+  default: return SD_METRICS_ROUTE_OTHER;
+  }
+}
+
+void sd_routes_count(struct sd_req *req, unsigned status) {
+  struct sd_metrics *m = &req->h->metrics;
+  if (status < 200 || status >= 300) return;
+  if (req->route == R_PUBLISH) {
+    m->publish_requests++;
+    for (size_t i = 0; i < req->nevents; i++) {
+      if (req->results[i].duplicate)
+        m->publish_duplicates++;
+      else
+        m->published_events++;
+    }
+  } else if (req->route == R_CONSUME || req->route == R_GROUP_CONSUME) {
+    int k = req->route == R_GROUP_CONSUME;
+    m->consume_requests[k]++;
+    m->consumed_events[k] += req->events_out;
+  }
+}
+
 /* Prometheus text exposition format, version 0.0.4. */
 static void handle_metrics(struct sd_req *req) {
+  struct sd_http *h = req->h;
   struct sd_buf *b = &req->out;
+  uint64_t ws_events[2];
+  sd_ws_server_events(h->ws, ws_events);
   sd_buf_reset(b);
   sd_buf_printf(b,
+                "# HELP streamd_build_info The running version.\n"
+                "# TYPE streamd_build_info gauge\n"
+                "streamd_build_info{version=\"%s\"} 1\n"
                 "# HELP streamd_uptime_seconds Seconds since the server started.\n"
                 "# TYPE streamd_uptime_seconds gauge\n"
                 "streamd_uptime_seconds %llu\n"
                 "# HELP streamd_streams Streams that exist.\n"
                 "# TYPE streamd_streams gauge\n"
                 "streamd_streams %zu\n"
+                "# HELP streamd_http_connections Open client connections, WebSocket ones included.\n"
+                "# TYPE streamd_http_connections gauge\n"
+                "streamd_http_connections %zu\n"
                 "# HELP streamd_http_requests_in_flight Requests received and not yet answered.\n"
                 "# TYPE streamd_http_requests_in_flight gauge\n"
                 "streamd_http_requests_in_flight %zu\n"
                 "# HELP streamd_http_requests_waiting Long polls and publishes waiting for a sync.\n"
                 "# TYPE streamd_http_requests_waiting gauge\n"
                 "streamd_http_requests_waiting %zu\n"
-                "# HELP streamd_websocket_connections Open WebSocket connections.\n"
+                "# HELP streamd_websocket_connections Open WebSocket connections (stream and group subscribers).\n"
                 "# TYPE streamd_websocket_connections gauge\n"
-                "streamd_websocket_connections %zu\n",
-                (unsigned long long)((sd_now_ms() - req->h->started_ms) / 1000),
-                sd_engine_stream_count(req->h->engine), req->h->in_flight, req->h->waiting,
-                sd_ws_server_count(req->h->ws));
+                "streamd_websocket_connections %zu\n"
+                "# HELP streamd_publish_requests_total Publish requests answered with success.\n"
+                "# TYPE streamd_publish_requests_total counter\n"
+                "streamd_publish_requests_total %llu\n"
+                "# HELP streamd_published_events_total Events appended by successful publishes.\n"
+                "# TYPE streamd_published_events_total counter\n"
+                "streamd_published_events_total %llu\n"
+                "# HELP streamd_publish_duplicate_events_total Published events whose id was already appended.\n"
+                "# TYPE streamd_publish_duplicate_events_total counter\n"
+                "streamd_publish_duplicate_events_total %llu\n"
+                "# HELP streamd_consume_requests_total Consume requests answered with success, by kind.\n"
+                "# TYPE streamd_consume_requests_total counter\n"
+                "streamd_consume_requests_total{kind=\"stream\"} %llu\n"
+                "streamd_consume_requests_total{kind=\"group\"} %llu\n"
+                "# HELP streamd_consumed_events_total Events handed to readers, by kind and transport.\n"
+                "# TYPE streamd_consumed_events_total counter\n"
+                "streamd_consumed_events_total{kind=\"stream\",transport=\"http\"} %llu\n"
+                "streamd_consumed_events_total{kind=\"group\",transport=\"http\"} %llu\n"
+                "streamd_consumed_events_total{kind=\"stream\",transport=\"websocket\"} %llu\n"
+                "streamd_consumed_events_total{kind=\"group\",transport=\"websocket\"} %llu\n",
+                STREAMD_VERSION, (unsigned long long)((sd_now_ms() - h->started_ms) / 1000),
+                sd_engine_stream_count(h->engine), h->connections, h->in_flight, h->waiting,
+                sd_ws_server_count(h->ws), (unsigned long long)h->metrics.publish_requests,
+                (unsigned long long)h->metrics.published_events, (unsigned long long)h->metrics.publish_duplicates,
+                (unsigned long long)h->metrics.consume_requests[0], (unsigned long long)h->metrics.consume_requests[1],
+                (unsigned long long)h->metrics.consumed_events[0], (unsigned long long)h->metrics.consumed_events[1],
+                (unsigned long long)ws_events[0], (unsigned long long)ws_events[1]);
+  sd_metrics_write_requests(b, &h->metrics);
+  sd_metrics_family(b, "streamd_fsync_duration_seconds", "histogram",
+                    "Duration of the storage sync jobs (fdatasync of segments, group logs and directories).");
+  sd_hist_write(b, "streamd_fsync_duration_seconds", "", sd_engine_sync_latency(h->engine));
   for (size_t i = 0; i < sizeof(metrics) / sizeof(metrics[0]); i++) {
-    struct metric_ctx x = {req, &metrics[i]};
-    sd_buf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", metrics[i].name, metrics[i].help, metrics[i].name,
-                  metrics[i].type);
-    sd_engine_foreach(req->h->engine, metric_samples, &x);
+    struct metric_ctx x = {req, &metrics[i], NULL};
+    sd_metrics_family(b, metrics[i].name, metrics[i].type, metrics[i].help);
+    sd_engine_foreach(h->engine, metric_samples, &x);
   }
   req->content_type = "text/plain; version=0.0.4; charset=utf-8";
   sd_req_finish(req, 200);

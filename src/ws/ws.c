@@ -45,6 +45,7 @@ struct sd_ws_server {
   uv_timer_t ping;
   int closing;
   int freeing;
+  uint64_t events[2];     /* queued since start-up: [0] stream, [1] group */
 };
 
 struct sd_ws_conn {
@@ -274,6 +275,8 @@ static int queue_group_record(void *arg, const struct sd_record *rec, uint32_t d
   /* The event as stored without its closing brace, then the count. */
   if (out_text_frame(c, rec->json, rec->json_len - 1, tail, (size_t)n) != 0) return 1;
   c->inflight++;
+  c->srv->events[1]++;
+  sd_stream_count_consumed(c->stream, 1); /* like a group consume over HTTP */
   return 0;
 }
 
@@ -347,6 +350,7 @@ static void conn_refill(struct sd_ws_conn *c) {
         progressed = 1;
         sd_stream_consumer_seen(c->stream, c->consumer, p, c->next[p] - 1, sd_now_ms());
         sd_stream_count_consumed(c->stream, c->next[p] - before);
+        c->srv->events[0] += c->next[p] - before;
       }
       q = queued(c);
       if (q >= cfg->ws_window_bytes) break;
@@ -588,6 +592,10 @@ int sd_ws_server_new(uv_loop_t *loop, const struct sd_config *cfg, void (*kick)(
 }
 
 size_t sd_ws_server_count(const struct sd_ws_server *srv) { return srv->count; }
+void sd_ws_server_events(const struct sd_ws_server *srv, uint64_t out[2]) {
+  out[0] = srv->events[0];
+  out[1] = srv->events[1];
+}
 
 void sd_ws_server_shutdown(struct sd_ws_server *srv) {
   srv->closing = 1;

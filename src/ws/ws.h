@@ -34,6 +34,9 @@ void sd_ws_server_free(struct sd_ws_server *srv);
 void sd_ws_server_shutdown(struct sd_ws_server *srv);
 /* Open WebSocket connections. */
 size_t sd_ws_server_count(const struct sd_ws_server *srv);
+/* Events queued to subscribers since start-up: out[0] stream subscribers,
+ * out[1] group consumers. */
+void sd_ws_server_events(const struct sd_ws_server *srv, uint64_t out[2]);
 
 /* Checks an upgrade request's key and computes Sec-WebSocket-Accept into
  * accept (29 bytes with the NUL).  0 or SD_E_INVALID_PARAMETER. */
