@@ -36,6 +36,8 @@
 
 static void schedule(struct sd_http *h);
 static void on_timer(uv_timer_t *t);
+static void conn_request_done(struct sd_http *h, struct MHD_Connection *c);
+static void conn_upgraded(struct MHD_Connection *c);
 
 /* Makes MHD run soon: after a resume or when an upgraded socket returns. */
 static void kick(void *arg) {
@@ -184,8 +186,7 @@ static void req_observe(struct sd_http *h, struct sd_req *r) {
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe) {
   struct sd_http *h = cls;
   struct sd_req *r = *con_cls;
-  (void)c;
-  (void)toe;
+  if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK) conn_request_done(h, c);
   if (r == NULL) return;
   *con_cls = NULL;
   req_observe(h, r);
@@ -311,6 +312,7 @@ const char *sd_req_header(struct sd_req *req, const char *name) {
 static void on_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls, const char *extra_in,
                         size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh) {
   struct sd_req *req = con_cls;
+  conn_upgraded(connection);
   if (req) {
     req->ws = NULL;
     req_observe(req->h, req); /* the handshake is the request; the session is not timed */
@@ -344,11 +346,52 @@ const char *sd_req_arg(struct sd_req *req, const char *name) {
 /* A new connection gets header_timeout_s to send a complete first request
  * (headers and body); once one is complete the longer idle timeout
  * applies.  Clients that never finish a request (garbage, stalled, or gone
- * with a half-sent body that MHD does not always notice) are cut early. */
+ * with a half-sent body that MHD does not always notice) are cut early.
+ *
+ * The idle timeouts restart with every byte, so a client that trickles its
+ * headers (slowloris) would never meet them: request headers also have a
+ * deadline, header_timeout_s from the connect for the first request and
+ * connection_timeout_s from the previous answer for a later one.  A
+ * connection is on h->heading, ordered by nothing, while its deadline runs;
+ * the sweep shuts down those past it.
+ *
+ * The struct is the connection's socket context, from MHD's start notice
+ * to its close notice. */
 struct fresh {
-  struct sd_list node;
+  struct sd_list node;   /* h->fresh while the first request is incomplete */
+  struct sd_list hnode;  /* h->heading while request headers are awaited */
+  uint64_t deadline;     /* uv_now() by which the headers must be complete */
   int fd;
+  int over;              /* opened past max_connections: every request is 503 */
+  int upgraded;          /* a WebSocket owns the socket: no deadline any more */
 };
+
+static struct fresh *conn_ctx(struct MHD_Connection *c) {
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return ci ? ci->socket_context : NULL;
+}
+
+/* Starts the deadline for the headers of the connection's next request. */
+static void heading_start(struct sd_http *h, struct fresh *f, unsigned seconds) {
+  f->deadline = uv_now(h->loop) + (uint64_t)seconds * 1000u;
+  sd_list_remove(&f->hnode);
+  sd_list_push_back(&h->heading, &f->hnode);
+}
+
+/* A request was answered and the connection is kept: its next request's
+ * headers are awaited. */
+static void conn_request_done(struct sd_http *h, struct MHD_Connection *c) {
+  struct fresh *f = conn_ctx(c);
+  if (f && !f->upgraded) heading_start(h, f, h->cfg->connection_timeout_s);
+}
+
+/* The socket belongs to a WebSocket from now on. */
+static void conn_upgraded(struct MHD_Connection *c) {
+  struct fresh *f = conn_ctx(c);
+  if (f == NULL) return;
+  f->upgraded = 1;
+  sd_list_remove(&f->hnode);
+}
 
 static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe) {
@@ -361,13 +404,18 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
   if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->header_timeout_s);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci && (f = malloc(sizeof(*f))) != NULL) {
+    if (ci && (f = calloc(1, sizeof(*f))) != NULL) {
       f->fd = ci->connect_fd;
+      /* Decided once: a connection within the limit stays served. */
+      f->over = h->connections > h->cfg->max_connections;
       sd_list_push_back(&h->fresh, &f->node);
+      sd_list_init(&f->hnode);
+      heading_start(h, f, h->cfg->header_timeout_s);
       *socket_context = f;
     }
   } else if (f != NULL) {
     sd_list_remove(&f->node);
+    sd_list_remove(&f->hnode);
     free(f);
     *socket_context = NULL;
   }
@@ -376,8 +424,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
 /* A connection that has not completed its first request is no longer
  * watched for a lost EOF. */
 static void fresh_done(struct MHD_Connection *c) {
-  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-  struct fresh *f = ci ? ci->socket_context : NULL;
+  struct fresh *f = conn_ctx(c);
   if (f) sd_list_remove(&f->node);
 }
 
@@ -388,6 +435,19 @@ static void fresh_done(struct MHD_Connection *c) {
  * bytes) are shut down, which MHD does see. */
 static void on_sweep(uv_timer_t *t) {
   struct sd_http *h = t->data;
+  uint64_t now = uv_now(h->loop);
+  int cut = 0;
+  for (struct sd_list *n = h->heading.next; n != &h->heading;) {
+    struct fresh *f = SD_CONTAINER_OF(n, struct fresh, hnode);
+    n = n->next;
+    if (now >= f->deadline) {
+      SD_DEBUG("http: request headers not complete in time; connection closed");
+      shutdown(f->fd, SHUT_RDWR);
+      sd_list_remove(&f->hnode);
+      cut = 1;
+    }
+  }
+  if (cut) kick(h);
   struct sd_list *n = h->fresh.next;
   while (n != &h->fresh) {
     struct fresh *f = SD_CONTAINER_OF(n, struct fresh, node);
@@ -423,6 +483,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   (void)version;
 
   if (req == NULL) {
+    struct fresh *f = conn_ctx(c);
+    if (f) sd_list_remove(&f->hnode); /* the headers are complete */
     req = req_get(h);
     if (req == NULL) return MHD_NO;
     *con_cls = req;
@@ -435,7 +497,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     memcpy(req->path, url, n + 1);
     req->path_len = n;
-    if (h->connections > h->cfg->max_connections) {
+    if (f && f->over) {
       /* libmicrohttpd accepts a few past the limit so they can be told. */
       sd_req_error(req, SD_E_BUSY, "too many connections (max_connections)", NULL);
       return MHD_YES;
@@ -562,6 +624,7 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
   sd_list_init(&h->suspended);
   sd_list_init(&h->free_reqs);
   sd_list_init(&h->fresh);
+  sd_list_init(&h->heading);
 
   h->daemon = MHD_start_daemon(
       flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,

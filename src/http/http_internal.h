@@ -46,6 +46,7 @@ struct sd_http {
   uv_timer_t sweep;           /* checks fresh connections for a lost EOF */
   struct sd_list fresh;       /* connections without a complete first request */
   struct sd_metrics metrics;  /* request histograms and publish/consume counters */
+  struct sd_list heading;     /* connections whose request headers have a deadline */
 };
 
 #define SD_PATH_MAX_PARTS 8

@@ -1,0 +1,497 @@
+"""Hostile clients: no client may take the server down or starve others.
+
+Every test starts its own server with small limits, runs one attack while
+a probe thread on other connections makes normal requests every ~20 ms
+(GET /health, GET /stream/{s}/stats, a publish), and asserts that every
+probe answer came within PROBE_LIMIT.  Afterwards the server must answer,
+exit 0 on SIGTERM and have logged no sanitizer report.
+
+PROBE_LIMIT is 100 ms times the time scale (STREAMD_TIME_SCALE, or 3 when
+the binary's path contains "asan").  The observed maximum of each attack is
+printed (STREAMD_HOSTILE_REPORT=1) for the record.
+"""
+
+import base64
+import json
+import os
+import re
+import select
+import socket
+import struct
+import threading
+import time
+import unittest
+
+import harness
+from harness import read_response
+
+if "STREAMD_TIME_SCALE" in os.environ:
+    SCALE = harness.TIME_SCALE
+else:
+    SCALE = 3.0 if "asan" in harness.BIN else 1.0
+PROBE_LIMIT = 0.100 * SCALE
+PROBE_PERIOD = 0.020
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
+
+ATTACK_MIN_S = 1.5  # the shortest attack, so that the probe makes enough requests
+HEADER_TIMEOUT_S = 2
+CONNECTION_TIMEOUT_S = 4
+MAX_CONNECTIONS = 48
+WS_MAX_MESSAGE = 4096
+
+
+def sc(seconds):
+    return seconds * SCALE
+
+
+# ---- the probe ---------------------------------------------------------------
+
+
+class Probe:
+    """Normal client: every PROBE_PERIOD one request, in turn GET /health,
+    GET /stream/{s}/stats and a publish to {s}, on a keep-alive connection
+    opened before the attack; with fresh=True every other request goes on
+    a new connection instead (from source address `source`)."""
+
+    def __init__(self, port, stream, fresh=False, source="127.0.0.1"):
+        self.port = port
+        self.stream = stream
+        self.fresh = fresh
+        self.source = source
+        self.latencies = []  # (seconds, what)
+        self.failures = []
+        self.published = 0
+        self._stop = threading.Event()
+        self._sock = self._connect()
+        self._thread = None
+
+    def _connect(self):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.bind((self.source, 0))
+        s.settimeout(sc(5))
+        s.connect(("127.0.0.1", self.port))
+        return s
+
+    def _one(self, i):
+        kind = i % 3
+        if kind == 0:
+            req = b"GET /health HTTP/1.1\r\nHost: probe\r\n\r\n"
+        elif kind == 1:
+            req = b"GET /stream/%s/stats HTTP/1.1\r\nHost: probe\r\n\r\n" % self.stream.encode()
+        else:
+            body = json.dumps({"event": "probe", "data": {"n": self.published}}).encode()
+            req = (b"POST /stream/%s/publish HTTP/1.1\r\nHost: probe\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % (self.stream.encode(), len(body))) + body
+        fresh = self.fresh and i % 2 == 1
+        what = ("fresh " if fresh else "") + ("health", "stats", "publish")[kind]
+        t0 = time.monotonic()
+        s = self._connect() if fresh else self._sock
+        try:
+            s.sendall(req)
+            r = read_response(s, timeout=sc(5))
+        except (OSError, ConnectionError) as e:
+            r = e
+        finally:
+            if fresh:
+                s.close()
+        dt = time.monotonic() - t0
+        self.latencies.append((dt, what))
+        if not hasattr(r, "status") or r.status != 200:
+            self.failures.append((what, repr(r)[:300]))
+            if not fresh:  # start again on a new keep-alive connection
+                try:
+                    self._sock.close()
+                    self._sock = self._connect()
+                except OSError:
+                    pass
+        elif kind == 2:
+            self.published += 1
+
+    def _run(self):
+        i = 0
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            self._one(i)
+            i += 1
+            nxt += PROBE_PERIOD
+            delay = nxt - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            else:
+                nxt = time.monotonic()
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(sc(10))
+        self._sock.close()
+        return max(self.latencies) if self.latencies else (0, "none")
+
+
+def report(name, probe, extra=""):
+    worst = max(probe.latencies) if probe.latencies else (0.0, "none")
+    line = "%-28s probe: %4d requests, max %6.1f ms (%s)%s" % (
+        name, len(probe.latencies), worst[0] * 1000, worst[1], extra)
+    if os.environ.get("STREAMD_HOSTILE_REPORT"):
+        print("\n  [hostile] " + line, flush=True)
+    return line
+
+
+# ---- raw helpers -----------------------------------------------------------------
+
+
+def closed_within(sock, timeout):
+    """Reads and discards until EOF or reset; True if that came within
+    timeout, False if the connection was still open then."""
+    deadline = time.monotonic() + timeout
+    sock.setblocking(False)
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            r, _, _ = select.select([sock], [], [], left)
+            if not r:
+                continue
+            try:
+                if not sock.recv(65536):
+                    return True
+            except BlockingIOError:
+                continue
+            except (ConnectionResetError, ConnectionAbortedError):
+                return True
+    finally:
+        sock.setblocking(True)
+
+
+def connect_from(port, source="127.0.0.1", timeout=5.0):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((source, 0))
+    s.settimeout(sc(timeout))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+# ---- the test base -------------------------------------------------------------
+
+
+class HostileBase(unittest.TestCase):
+    EXTRA_ARGS = ()
+
+    def setUp(self):
+        self.server = harness.Server(["--durability", "interval", "--max-connections", str(MAX_CONNECTIONS),
+                                      "--header-timeout-s", str(HEADER_TIMEOUT_S),
+                                      "--connection-timeout-s", str(CONNECTION_TIMEOUT_S),
+                                      "--ws-max-message-bytes", str(WS_MAX_MESSAGE),
+                                      "--log-level", "info"] + list(self.EXTRA_ARGS))
+        self.addCleanup(self.server.cleanup)
+        self.server.start()
+        self.stream = "probe"
+        self.server.create(self.stream)
+        self.probe = None
+
+    def start_probe(self, fresh=True):
+        self.probe = Probe(self.server.port, self.stream, fresh=fresh).start()
+        time.sleep(0.1)
+        return self.probe
+
+    def finish_probe(self, name, extra=""):
+        probe = self.probe
+        probe.stop()
+        self.probe = None
+        line = report(name, probe, extra)
+        self.assertGreater(len(probe.latencies), 10, line)
+        self.assertEqual(probe.failures, [], line)
+        late = [(round(d * 1000, 1), w) for d, w in probe.latencies if d > PROBE_LIMIT]
+        self.assertEqual(late, [], "probe answers slower than %.0f ms: %s" % (PROBE_LIMIT * 1000, line))
+        return probe
+
+    def tearDown(self):
+        if self.probe is not None:
+            self.probe._stop.set()
+        srv = self.server
+        self.assertTrue(srv.running(), "server died:\n" + srv.log_tail())
+        self.assertEqual(srv.get("/health", timeout=sc(5))[0], 200)
+        srv.stop()
+        log = srv.log_since_start()
+        for m in SANITIZER_MARKERS:
+            self.assertNotIn(m, log, "sanitizer report in the server log:\n" + log[-4000:])
+
+
+# ---- HTTP attacks ------------------------------------------------------------------
+
+
+class HttpHostileTest(HostileBase):
+
+    def test_slowloris(self):
+        """Many connections each sending a request one byte at a time: each is
+        cut once header_timeout_s has passed since it connected (a first
+        request) or connection_timeout_s since its last answer (a later
+        one), however steadily the bytes come."""
+        n = 24
+        head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4000 + b"\r\n\r\n"
+        self.start_probe()
+        socks = []
+        for i in range(n):
+            s = self.server.raw_socket()
+            if i % 2 == 1:
+                # One quick request first, then the slow one on the same connection.
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertEqual(read_response(s, timeout=sc(5)).status, 200)
+            socks.append([s, 0, time.monotonic(), None])
+        limit = {0: HEADER_TIMEOUT_S, 1: CONNECTION_TIMEOUT_S}
+        t_end = time.monotonic() + sc(CONNECTION_TIMEOUT_S + 3)
+        while time.monotonic() < t_end and any(e[3] is None for e in socks):
+            for i, e in enumerate(socks):
+                s, off, t0, closed = e
+                if closed is not None:
+                    continue
+                try:
+                    s.send(head[off:off + 1])
+                    e[1] = (off + 1) % len(head)
+                except OSError:
+                    e[3] = time.monotonic() - t0
+                    continue
+                r, _, _ = select.select([s], [], [], 0)
+                if r:
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        data = b""
+                    self.assertFalse(data and not data.startswith(b"HTTP/1.1 4"), data[:200])
+                    if not data:
+                        e[3] = time.monotonic() - t0
+            time.sleep(0.1)
+        try:
+            for i, (s, off, t0, closed) in enumerate(socks):
+                self.assertIsNotNone(closed, "slowloris connection %d still open after %.1f s" % (i, sc(CONNECTION_TIMEOUT_S + 3)))
+                self.assertLess(closed, limit[i % 2] + sc(1.5), "connection %d held %.1f s" % (i, closed))
+        finally:
+            for e in socks:
+                e[0].close()
+        worst = max(e[3] for e in socks)
+        self.finish_probe("slowloris", ", connections cut after at most %.1f s" % worst)
+
+    def test_idle_flood_past_max_connections(self):
+        """Idle connections past max_connections: the probe's connection keeps
+        working, a request on a connection past the limit is 503 busy, and
+        the idle ones are closed after header_timeout_s."""
+        self.start_probe(fresh=False)
+        flood = []
+        for _ in range(MAX_CONNECTIONS + 64 + 16):
+            flood.append(self.server.raw_socket())
+        # The slack past the limit is told why it is refused.
+        extra = flood[MAX_CONNECTIONS + 8]
+        extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        r = read_response(extra, timeout=sc(5))
+        self.assertIsNotNone(r)
+        self.assertEqual(r.status, 503, r)
+        self.assertEqual(r.json()["error"], "busy")
+        self.assertEqual(r.headers.get("connection", "").lower(), "close")
+        deadline = time.monotonic() + sc(3 * HEADER_TIMEOUT_S + 3)
+        for i, s in enumerate(flood):
+            self.assertTrue(closed_within(s, max(0.01, deadline - time.monotonic())),
+                            "idle connection %d still open" % i)
+            s.close()
+        self.finish_probe("idle flood (%d conns)" % len(flood))
+        # New clients are served again.
+        self.assertEqual(self.server.get("/health")[0], 200)
+
+    def test_oversize_headers(self):
+        self.start_probe()
+        cases = [
+            b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200000 + b"\r\n\r\n",
+            b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(5000)) + b"\r\n",
+            b"GET /" + b"a" * 100000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        seen = []
+        t_end = time.monotonic() + ATTACK_MIN_S
+        while time.monotonic() < t_end:
+            for data in cases:
+                s = self.server.raw_socket()
+                try:
+                    try:
+                        s.sendall(data)
+                    except OSError:
+                        pass
+                    try:
+                        r = read_response(s, timeout=sc(5))
+                    except socket.timeout:
+                        self.fail("no answer and no close for oversize headers")
+                    except ConnectionError:
+                        r = None
+                    if r is not None:
+                        self.assertIn(r.status, (400, 413, 414, 431), r)
+                    seen.append(r.status if r else "close")
+                    self.assertTrue(closed_within(s, sc(5)), "connection left open after the error")
+                finally:
+                    s.close()
+        self.finish_probe("oversize headers", ", answers %s" % sorted(set(map(str, seen))))
+
+    def test_body_shorter_than_content_length(self):
+        """A body that stops short and hangs is cut by header_timeout_s; one
+        that stops short and closes is closed at once."""
+        self.start_probe()
+        hung = []
+        for _ in range(10):
+            s = self.server.raw_socket()
+            s.sendall(b"POST /stream/probe/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n" + b'{"event":"short","data":')
+            hung.append((s, time.monotonic()))
+        for _ in range(10):
+            s = self.server.raw_socket()
+            s.sendall(b"POST /stream/probe/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n" + b'{"event":"short","data":1}')
+            s.shutdown(socket.SHUT_WR)
+            self.assertTrue(closed_within(s, sc(2)), "half-closed short body not closed")
+            s.close()
+        worst = 0
+        for s, t0 in hung:
+            self.assertTrue(closed_within(s, sc(HEADER_TIMEOUT_S + 3)), "hanging short body not cut")
+            worst = max(worst, time.monotonic() - t0)
+            s.close()
+        self.finish_probe("short body", ", hung ones cut after %.1f s" % worst)
+        # Nothing of them was appended.
+        st, body = self.server.get("/stream/probe/consume/check?from_offset=0&limit=10000")
+        self.assertEqual(st, 200)
+        self.assertNotIn("short", [e["event"] for e in body])
+
+    def test_body_longer_than_content_length(self):
+        """The bytes past Content-Length are the next request: garbage there is
+        400 or a close, never a hang, and the first request is unaffected."""
+        self.start_probe()
+        outcomes = set()
+        for i in range(10):
+            ev = json.dumps({"event": "long", "data": i}).encode()
+            s = self.server.raw_socket()
+            try:
+                s.sendall(b"POST /stream/probe/publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(ev) + ev + b'{"extra":"bytes past the length"}' * 50
+                          + b"\r\n\r\n")
+                r = read_response(s, timeout=sc(5))
+                self.assertIsNotNone(r)
+                self.assertEqual(r.status, 200, r)
+                try:
+                    r2 = read_response(s, timeout=sc(5))
+                except socket.timeout:
+                    self.fail("no answer and no close for the bytes past the body")
+                except ConnectionError:
+                    r2 = None
+                if r2 is not None:
+                    self.assertEqual(r2.status, 400, r2)
+                outcomes.add(r2.status if r2 else "close")
+                self.assertTrue(closed_within(s, sc(5)), "connection left open after garbage")
+            finally:
+                s.close()
+        st, body = self.server.get("/stream/probe/consume/check?from_offset=0&limit=10000")
+        self.assertEqual([e["data"] for e in body if e["event"] == "long"], list(range(10)))
+        self.finish_probe("body longer than length", ", then %s" % sorted(map(str, outcomes)))
+
+    def test_pipelined_garbage(self):
+        self.start_probe()
+        outcomes = set()
+        junks = [b"\x00\x01\x02garbage\r\n\r\n", b"NOT A REQUEST\r\n\r\n", b"\xff" * 5000,
+                 b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+                 b"GET /health HTTP/1.1\r\n\x00\r\n\r\n"]
+        for junk in junks:
+            s = self.server.raw_socket()
+            try:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + junk)
+                r = read_response(s, timeout=sc(5))
+                self.assertEqual(r.status, 200, r)
+                try:
+                    r2 = read_response(s, timeout=sc(HEADER_TIMEOUT_S + 3))
+                except socket.timeout:
+                    self.fail("garbage after a request neither answered nor closed: %r" % junk[:40])
+                except ConnectionError:
+                    r2 = None
+                if r2 is not None:
+                    self.assertIn(r2.status, (400, 501, 505), (junk[:40], r2))
+                outcomes.add(r2.status if r2 else "close")
+                self.assertTrue(closed_within(s, sc(HEADER_TIMEOUT_S + 3)), "left open after %r" % junk[:40])
+            finally:
+                s.close()
+        self.finish_probe("pipelined garbage", ", then %s" % sorted(map(str, outcomes)))
+
+    def test_nul_bytes_and_invalid_request_lines(self):
+        self.start_probe()
+        outcomes = set()
+        junks = [b"\x00", b"\x00GET /health HTTP/1.1\r\n\r\n", b"GET /he\x00alth HTTP/1.1\r\nHost: x\r\n\r\n",
+                 b"GET /health HTTP/1.1\r\nHost: x\x00y\r\n\r\n", b"GET /health HTTP/1.1\r\nX\x00: y\r\n\r\n",
+                 b"GET\x00/health HTTP/1.1\r\n\r\n", b"GET  /health  HTTP/1.1\r\n\r\n",
+                 b"G\xc3\xa9T /health HTTP/1.1\r\n\r\n", b"GET /health HTTP/1.1 extra\r\n\r\n",
+                 b"GET /health HTTP/1.1\nHost: x\n\n", b"GET /health\r\n\r\n", b"GET /health FOO/1.1\r\n\r\n",
+                 b"\r\n\r\n\r\n\r\n", b" GET /health HTTP/1.1\r\n\r\n", b"GET /health HTTP/1.1\r\n : x\r\n\r\n",
+                 b"GET /health HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", b"POST /stream/probe/publish HTTP/1.1\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\nzz\r\n\r\n"]
+        for junk in junks:
+            s = self.server.raw_socket()
+            try:
+                s.sendall(junk)
+                try:
+                    r = read_response(s, timeout=sc(HEADER_TIMEOUT_S + 3))
+                except socket.timeout:
+                    self.fail("neither answered nor closed: %r" % junk[:60])
+                except ConnectionError:
+                    r = None
+                if r is not None:
+                    # Lenient parses of harmless shapes may be served.
+                    self.assertIn(r.status, (200, 400, 404, 405, 501, 505), (junk[:60], r))
+                outcomes.add(r.status if r else "close")
+                if r is None or r.status != 200:
+                    self.assertTrue(closed_within(s, sc(HEADER_TIMEOUT_S + 3)), "left open after %r" % junk[:60])
+            finally:
+                s.close()
+        self.finish_probe("NUL / bad request lines", ", outcomes %s" % sorted(map(str, outcomes)))
+
+
+class PerIpLimitTest(HostileBase):
+    EXTRA_ARGS = ("--per-ip-connections", "8")
+
+    def test_per_ip_limit(self):
+        """One address past per_ip_connections is refused (closed without an
+        answer); clients from other addresses are served meanwhile."""
+        self.probe = Probe(self.server.port, self.stream, fresh=True, source="127.0.0.2").start()
+        held = [connect_from(self.server.port, "127.0.0.3") for _ in range(8)]
+        # Held connections are still served.
+        held[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(read_response(held[0], timeout=sc(5)).status, 200)
+        refused = 0
+        t_end = time.monotonic() + ATTACK_MIN_S
+        while time.monotonic() < t_end or refused < 20:
+            s = connect_from(self.server.port, "127.0.0.3")
+            try:
+                try:
+                    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                    r = read_response(s, timeout=sc(5))
+                except (ConnectionError, OSError):
+                    r = None
+                self.assertIsNone(r, "a connection past per_ip_connections was served: %r" % (r,))
+                refused += 1
+                time.sleep(0.01)
+            finally:
+                s.close()
+        for s in held:
+            s.close()
+        self.finish_probe("per-IP limit (8)", ", %d refused" % refused)
+        # Once the address's connections are gone it is served again.
+        def served():
+            s = connect_from(self.server.port, "127.0.0.3")
+            try:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                r = read_response(s, timeout=sc(5))
+                return r is not None and r.status == 200
+            except (ConnectionError, OSError):
+                return False
+            finally:
+                s.close()
+        harness.poll_until(served, sc(3), interval=0.1, what="the address to be served again")
+
+
+if __name__ == "__main__":
+    unittest.main()
