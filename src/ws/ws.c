@@ -34,6 +34,13 @@
 
 #define READ_BATCH 256
 #define OUT_CAP_EXTRA (64u * 1024u)
+/* Bytes read from one connection per loop pass, so that a client sending
+ * without pause cannot keep the loop from everyone else. */
+#define READ_BUDGET (64u * 1024u)
+/* Pings answered per ping interval; past it the connection is not read
+ * until the next tick, so a client that sends pings and never reads the
+ * pongs cannot grow the queue of pongs. */
+#define PINGS_PER_INTERVAL 256
 
 struct sd_ws_server {
   uv_loop_t *loop;
@@ -75,6 +82,13 @@ struct sd_ws_conn {
   size_t out_off;
   char *extra;        /* bytes read by MHD past the handshake */
   size_t extra_len, extra_off;
+  size_t read_budget; /* bytes on_recv may still read in this pass */
+  uint32_t pings;     /* pings received since the last tick */
+  int read_paused;    /* PINGS_PER_INTERVAL reached: not read until the next tick */
+  int read_stopped;   /* a frame header broke the protocol: nothing more is read */
+  uint8_t fh[14];     /* the client frame header being watched (watch_frames) */
+  uint8_t fh_len;
+  uint64_t fh_remain; /* payload bytes of the current client frame still to pass */
   char consumer[SD_MAX_NAME + 1];
 };
 
@@ -106,19 +120,94 @@ int sd_ws_accept_key(const char *key, char accept[29]) {
 
 /* ---- wslay callbacks ----------------------------------------------------- */
 
+/* Header bytes of the client frame in c->fh: 2, then the extended length
+ * and the mask key once the second byte is known. */
+static size_t fh_need(const struct sd_ws_conn *c) {
+  if (c->fh_len < 2) return 2;
+  uint8_t l = c->fh[1] & 0x7f;
+  return 2u + (l == 126 ? 2u : l == 127 ? 8u : 0u) + (c->fh[1] & 0x80 ? 4u : 0u);
+}
+
+/* Checks the header of every client frame as its bytes pass to wslay.
+ * wslay checks a frame's size only once payload bytes arrive (a header
+ * announcing 1 TiB, then nothing, would hold the connection), and on some
+ * malformed headers gives up without a close code.  Returns how many of
+ * the n bytes wslay may have: all, or those before a header that breaks
+ * the protocol, after which the close is queued and reading stops. */
+static size_t watch_frames(struct sd_ws_conn *c, const uint8_t *buf, size_t n) {
+  size_t i = 0;
+  while (i < n) {
+    if (c->fh_remain > 0) {
+      uint64_t k = n - i < c->fh_remain ? n - i : c->fh_remain;
+      i += (size_t)k;
+      c->fh_remain -= k;
+      continue;
+    }
+    size_t start = c->fh_len ? 0 : i;
+    while (i < n && c->fh_len < fh_need(c)) c->fh[c->fh_len++] = buf[i++];
+    if (c->fh_len < fh_need(c)) break;
+    uint8_t b0 = c->fh[0], b1 = c->fh[1], op = b0 & 0x0f, l = b1 & 0x7f;
+    uint64_t len = l;
+    if (l == 126) len = (uint64_t)c->fh[2] << 8 | c->fh[3];
+    if (l == 127)
+      for (int k = 0; k < 8; k++) len = len << 8 | c->fh[2 + k];
+    c->fh_len = 0;
+    c->fh_remain = len;
+    const char *why = NULL;
+    uint16_t code = 1002;
+    if (b0 & 0x70)
+      why = "reserved bits set";
+    else if (!(b1 & 0x80))
+      why = "client frames must be masked";
+    else if ((op > 2 && op < 8) || op > 10)
+      why = "reserved opcode";
+    else if (op >= 8 && (len > 125 || !(b0 & 0x80)))
+      why = "control frames must be unfragmented and at most 125 bytes";
+    else if (op == 8 && len == 1)
+      why = "a close frame body is empty or at least 2 bytes";
+    else if ((l == 126 && len < 126) || (l == 127 && (len < 65536 || len >> 63)))
+      why = "frame length not in its shortest form, or past 2^63";
+    else if (len > c->srv->cfg->ws_max_message_bytes)
+      why = "message larger than ws_max_message_bytes", code = 1009;
+    if (why != NULL) {
+      c->read_stopped = 1;
+      wslay_event_shutdown_read(c->ctx);
+      conn_close(c, code, why);
+      return start;
+    }
+  }
+  return n;
+}
+
+/* Hands n bytes read from the client to wslay, through the header watch. */
+static ssize_t recv_pass(wslay_event_context_ptr ctx, struct sd_ws_conn *c, const uint8_t *buf, size_t n) {
+  size_t ok = watch_frames(c, buf, n);
+  c->read_budget = n < c->read_budget ? c->read_budget - n : 0;
+  if (ok == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+    return -1;
+  }
+  return (ssize_t)ok;
+}
+
 static ssize_t on_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, int flags, void *user) {
   struct sd_ws_conn *c = user;
   (void)flags;
+  if (c->read_stopped || c->read_paused || c->read_budget == 0) {
+    wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK); /* the rest waits for the next pass */
+    return -1;
+  }
+  if (len > c->read_budget) len = c->read_budget;
   if (c->extra_off < c->extra_len) {
     size_t n = c->extra_len - c->extra_off;
     if (n > len) n = len;
     memcpy(buf, c->extra + c->extra_off, n);
     c->extra_off += n;
-    return (ssize_t)n;
+    return recv_pass(ctx, c, buf, n);
   }
   for (;;) {
     ssize_t r = recv(c->fd, buf, len, 0);
-    if (r > 0) return r;
+    if (r > 0) return recv_pass(ctx, c, buf, (size_t)r);
     if (r == 0) {
       wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
       return -1;
@@ -170,6 +259,7 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
   struct sd_ws_conn *c = user;
   (void)ctx;
   if (arg->opcode == WSLAY_PONG) c->awaiting_pong = 0;
+  if (arg->opcode == WSLAY_PING && ++c->pings >= PINGS_PER_INTERVAL) c->read_paused = 1;
   if (c->group == NULL || c->closing || (arg->opcode != WSLAY_TEXT_FRAME && arg->opcode != WSLAY_BINARY_FRAME)) return;
   if (arg->opcode == WSLAY_BINARY_FRAME) {
     conn_close(c, 1007, "acks are text frames");
@@ -387,6 +477,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     return;
   }
   if (events & UV_READABLE) {
+    c->read_budget = READ_BUDGET;
     int rc = wslay_event_recv(c->ctx);
     if (rc != 0) {
       conn_destroy(c);
@@ -422,7 +513,7 @@ static void conn_update(struct sd_ws_conn *c) {
     return;
   }
   /* Window refills when the socket drains: watch writability while frames wait. */
-  int ev = (wslay_event_want_read(c->ctx) ? UV_READABLE : 0) | (pending ? UV_WRITABLE : 0);
+  int ev = (wslay_event_want_read(c->ctx) && !c->read_paused ? UV_READABLE : 0) | (pending ? UV_WRITABLE : 0);
   if (ev != c->poll_events) {
     c->poll_events = ev;
     uv_poll_start(&c->poll, ev, on_poll);
@@ -538,6 +629,7 @@ void sd_ws_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls,
   if (c->group) sd_group_attach(c->group, c->consumer, 1);
   if (srv->closing) conn_close(c, 1001, "server shutting down");
   if (c->extra_len) {
+    c->read_budget = READ_BUDGET;
     if (wslay_event_recv(c->ctx) != 0) {
       conn_destroy(c);
       return;
@@ -566,6 +658,8 @@ static void on_ping(uv_timer_t *t) {
       continue;
     }
     if (c->group) sd_group_touch(c->group, c->consumer); /* connected: alive */
+    c->pings = 0;
+    c->read_paused = 0;
     struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
     wslay_event_queue_msg(c->ctx, &m);
     c->awaiting_pong = 1;

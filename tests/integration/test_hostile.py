@@ -7,8 +7,12 @@ probe answer came within PROBE_LIMIT.  Afterwards the server must answer,
 exit 0 on SIGTERM and have logged no sanitizer report.
 
 PROBE_LIMIT is 100 ms times the time scale (STREAMD_TIME_SCALE, or 3 when
-the binary's path contains "asan").  The observed maximum of each attack is
-printed (STREAMD_HOSTILE_REPORT=1) for the record.
+the binary's path contains "asan").  The machine is shared and a process
+may wait for a core now and then, so one answer in a hundred may be late
+by scheduling noise, up to 3 * PROBE_LIMIT; STREAMD_HOSTILE_STRICT=1 allows
+none.  A server kept busy by an attack makes many answers late, or few
+requests at all (at least 10 are required).  The observed maximum of each
+attack is printed with STREAMD_HOSTILE_REPORT=1.
 """
 
 import base64
@@ -208,7 +212,10 @@ class HostileBase(unittest.TestCase):
         self.assertGreater(len(probe.latencies), 10, line)
         self.assertEqual(probe.failures, [], line)
         late = [(round(d * 1000, 1), w) for d, w in probe.latencies if d > PROBE_LIMIT]
-        self.assertEqual(late, [], "probe answers slower than %.0f ms: %s" % (PROBE_LIMIT * 1000, line))
+        noise = 0 if os.environ.get("STREAMD_HOSTILE_STRICT") else len(probe.latencies) // 100
+        msg = "probe answers slower than %.0f ms: %r; %s" % (PROBE_LIMIT * 1000, late, line)
+        self.assertLessEqual(len(late), noise, msg)
+        self.assertTrue(all(d <= 3 * PROBE_LIMIT * 1000 for d, _ in late), msg)
         return probe
 
     def tearDown(self):
@@ -366,7 +373,10 @@ class HttpHostileTest(HostileBase):
         400 or a close, never a hang, and the first request is unaffected."""
         self.start_probe()
         outcomes = set()
-        for i in range(10):
+        i = 0
+        t_end = time.monotonic() + ATTACK_MIN_S
+        while time.monotonic() < t_end or i < 10:
+            i += 1
             ev = json.dumps({"event": "long", "data": i}).encode()
             s = self.server.raw_socket()
             try:
@@ -389,7 +399,7 @@ class HttpHostileTest(HostileBase):
             finally:
                 s.close()
         st, body = self.server.get("/stream/probe/consume/check?from_offset=0&limit=10000")
-        self.assertEqual([e["data"] for e in body if e["event"] == "long"], list(range(10)))
+        self.assertEqual([e["data"] for e in body if e["event"] == "long"], list(range(1, i + 1)))
         self.finish_probe("body longer than length", ", then %s" % sorted(map(str, outcomes)))
 
     def test_pipelined_garbage(self):
@@ -495,3 +505,246 @@ class PerIpLimitTest(HostileBase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+# ---- WebSocket abuse ---------------------------------------------------------------
+
+
+def ws_frame(opcode, payload=b"", fin=True, mask=True, rsv=0, length=None):
+    """One client frame; length overrides the length written in the header."""
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(c ^ key[i % 4] for i, c in enumerate(payload))
+
+
+class WsReader:
+    """Server frames from a raw socket (server frames are never masked)."""
+
+    def __init__(self, sock, rest=b""):
+        self.sock = sock
+        self.buf = rest
+
+    def _need(self, n, deadline):
+        while len(self.buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no frame in time")
+            self.sock.settimeout(left)
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("closed")
+            self.buf += chunk
+
+    def frame(self, timeout):
+        """(fin, opcode, payload); raises ConnectionError at EOF."""
+        deadline = time.monotonic() + timeout
+        self._need(2, deadline)
+        b0, b1 = self.buf[0], self.buf[1]
+        n, off = b1 & 0x7F, 2
+        assert not b1 & 0x80, "a server frame is masked"
+        if n == 126:
+            self._need(4, deadline)
+            n, off = struct.unpack("!H", self.buf[2:4])[0], 4
+        elif n == 127:
+            self._need(10, deadline)
+            n, off = struct.unpack("!Q", self.buf[2:10])[0], 10
+        self._need(off + n, deadline)
+        payload = self.buf[off:off + n]
+        self.buf = self.buf[off + n:]
+        return bool(b0 & 0x80), b0 & 0x0F, payload
+
+
+def ws_connect(port, path):
+    s = socket.create_connection(("127.0.0.1", port), timeout=sc(5))
+    key = base64.b64encode(os.urandom(16))
+    s.sendall(b"GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % (path.encode(), key))
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        buf += chunk
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return s, WsReader(s, rest)
+
+
+class Subscriber:
+    """A WebSocket subscriber of the probe stream on its own connection,
+    collecting the events it receives (and answering pings)."""
+
+    def __init__(self, port, stream):
+        self.sock, self.reader = ws_connect(port, "/stream/%s/ws/hostile-sub?from_offset=0" % stream)
+        self.offsets = []
+        self.error = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            while not self._stop.is_set():
+                try:
+                    fin, op, payload = self.reader.frame(0.2)
+                except socket.timeout:
+                    continue
+                if op == 1:
+                    self.offsets.append(json.loads(payload)["offset"])
+                elif op == 9:
+                    self.sock.sendall(ws_frame(10, payload))
+                elif op == 8:
+                    raise ConnectionError("closed by the server: %r" % payload)
+        except Exception as e:  # reported by check()
+            self.error = e
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(sc(5))
+        self.sock.close()
+
+
+def rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class WsHostileTest(HostileBase):
+
+    def setUp(self):
+        super().setUp()
+        self.sub = Subscriber(self.server.port, self.stream)
+        self.addCleanup(self.sub.stop)
+
+    def expect_close(self, frames, code, what, then=None):
+        """Sends frames on a new subscriber connection; the server must
+        answer with a close frame carrying code, then end the connection."""
+        s, reader = ws_connect(self.server.port, "/stream/%s/ws/hostile-%d" % (self.stream, code))
+        try:
+            try:
+                for f in frames:
+                    s.sendall(f)
+                if then:
+                    then(s)
+            except OSError:
+                pass
+            got = None
+            deadline = time.monotonic() + sc(5)
+            while got is None:
+                try:
+                    fin, op, payload = reader.frame(max(0.01, deadline - time.monotonic()))
+                except socket.timeout:
+                    self.fail("%s: no close frame within %.0f s" % (what, sc(5)))
+                except (ConnectionError, OSError):
+                    self.fail("%s: connection ended without a close frame" % what)
+                if op == 8:
+                    got = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
+            self.assertEqual(got, code, "%s: close code %r, expected %d" % (what, got, code))
+            self.assertTrue(closed_within(s, sc(3)), "%s: connection left open after the close" % what)
+        finally:
+            s.close()
+        return got
+
+    def check_subscriber(self):
+        want = self.probe_published
+        harness.poll_until(lambda: self.sub.error or len(self.sub.offsets) >= want, sc(5),
+                           what="the subscriber to receive %d events" % want)
+        self.assertIsNone(self.sub.error)
+        self.assertEqual(self.sub.offsets[:want], list(range(want)))
+
+    def run_attack(self, name, cases):
+        """cases: (frames, code, what[, then]); repeated for ATTACK_MIN_S."""
+        self.start_probe()
+        codes = {}
+        t_end = time.monotonic() + ATTACK_MIN_S
+        while time.monotonic() < t_end:
+            for case in cases:
+                frames, code, what = case[:3]
+                codes[what] = self.expect_close(frames, code, what, case[3] if len(case) > 3 else None)
+        self.probe_published = self.probe.published
+        self.finish_probe(name, ", close codes %s" % sorted(set(codes.values())))
+        self.check_subscriber()
+
+    def test_message_too_big(self):
+        big = WS_MAX_MESSAGE + 1
+        self.run_attack("ws too big", [
+            ([ws_frame(1, b"a" * big)], 1009, "one text frame past ws_max_message_bytes"),
+            ([ws_frame(2, b"\x00" * big)], 1009, "one binary frame past ws_max_message_bytes"),
+            ([ws_frame(2, b"", length=1 << 40)], 1009, "a header announcing 1 TiB, then nothing"),
+        ])
+
+    def test_fragmented_forever(self):
+        def forever(s):
+            # Continuation frames that never end the message.
+            for _ in range(100):
+                s.sendall(ws_frame(0, b"b" * 1000, fin=False))
+        self.run_attack("ws fragmented forever", [
+            ([ws_frame(1, b"a" * 1000, fin=False)], 1009, "text fragments past the limit in total", forever),
+            ([ws_frame(2, b"a" * 1000, fin=False)], 1009, "binary fragments past the limit in total", forever),
+        ])
+
+    def test_protocol_errors(self):
+        self.run_attack("ws protocol errors", [
+            ([ws_frame(1, b"hello", mask=False)], 1002, "unmasked text frame"),
+            ([ws_frame(9, b"p" * 126)], 1002, "ping of 126 bytes"),
+            ([ws_frame(9, b"p", fin=False)], 1002, "fragmented ping"),
+            ([ws_frame(8, b"\x03\xe8" + b"c" * 124)], 1002, "close of 126 bytes"),
+            ([ws_frame(1, b"a", fin=False), ws_frame(10, b"p", fin=False)], 1002, "fragmented pong"),
+            ([ws_frame(0, b"orphan")], 1002, "continuation with no message"),
+            ([ws_frame(1, b"a", fin=False), ws_frame(1, b"b")], 1002, "new message inside a fragmented one"),
+            ([ws_frame(1, b"x", rsv=4)], 1002, "reserved bit set"),
+            ([ws_frame(3, b"x")], 1002, "reserved opcode"),
+            ([ws_frame(8, b"\x03")], 1002, "close with a 1-byte body"),
+            ([ws_frame(8, struct.pack("!H", 999))], 1002, "close with an invalid code"),
+            ([ws_frame(1, b"x" * 10)[:2] + b"\x00\x0a" + b"\x00" * 14], 1002, "length not in its shortest form"),
+            ([b"\x82\xff" + struct.pack("!Q", 1 << 63) + b"\x00" * 4], 1002, "64-bit length with the top bit set"),
+        ])
+
+    def test_invalid_utf8(self):
+        self.run_attack("ws invalid UTF-8", [
+            ([ws_frame(1, b"\xff\xfe")], 1007, "text frame with invalid UTF-8"),
+            ([ws_frame(1, b"ok \xc3", fin=False), ws_frame(0, b"\x28")], 1007, "invalid UTF-8 across fragments"),
+            ([ws_frame(1, b"\xed\xa0\x80")], 1007, "a UTF-16 surrogate in UTF-8"),
+            ([ws_frame(8, b"\x03\xe8\xff")], 1007, "close reason with invalid UTF-8"),
+        ])
+
+    def test_ping_flood_without_reading(self):
+        """A client that sends pings and never reads the pongs must not grow
+        the server's memory without bound."""
+        self.start_probe()
+        s, _ = ws_connect(self.server.port, "/stream/%s/ws/hostile-pinger" % self.stream)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        before = rss_kib(self.server.proc.pid)
+        ping = ws_frame(9, b"p" * 125)
+        sent = 0
+        s.setblocking(False)
+        t_end = time.monotonic() + max(ATTACK_MIN_S, 3)
+        try:
+            while time.monotonic() < t_end:
+                try:
+                    s.send(ping * 64)
+                    sent += 64
+                except BlockingIOError:
+                    time.sleep(0.005)
+                except OSError:
+                    break  # the server ended the connection
+        finally:
+            s.close()
+        grown = rss_kib(self.server.proc.pid) - before
+        self.probe_published = self.probe.published
+        self.finish_probe("ws ping flood", ", %d pings sent, RSS grew %d KiB" % (sent, grown))
+        self.check_subscriber()
+        self.assertLess(grown, 32 * 1024, "%d pings unread grew the server by %d KiB" % (sent, grown))
