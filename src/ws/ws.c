@@ -36,7 +36,7 @@
 #define OUT_CAP_EXTRA (64u * 1024u)
 /* Bytes read from one connection per loop pass, so that a client sending
  * without pause cannot keep the loop from everyone else. */
-#define READ_BUDGET (64u * 1024u)
+#define READ_BUDGET (16u * 1024u)
 /* Pings answered per ping interval; past it the connection is not read
  * until the next tick, so a client that sends pings and never reads the
  * pongs cannot grow the queue of pongs. */

@@ -721,30 +721,53 @@ class WsHostileTest(HostileBase):
             ([ws_frame(8, b"\x03\xe8\xff")], 1007, "close reason with invalid UTF-8"),
         ])
 
-    def test_ping_flood_without_reading(self):
-        """A client that sends pings and never reads the pongs must not grow
-        the server's memory without bound."""
+    def flood(self, name, first, frame, per_send=64):
+        """Sends `first`, then `frame` over and over without reading for at
+        least 3 s on one connection; the server must keep reading it (valid
+        frames), stay responsive to the probe and the subscriber, and not
+        grow.  Returns the probe line."""
         self.start_probe()
-        s, _ = ws_connect(self.server.port, "/stream/%s/ws/hostile-pinger" % self.stream)
+        s, _ = ws_connect(self.server.port, "/stream/%s/ws/hostile-flood" % self.stream)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         before = rss_kib(self.server.proc.pid)
-        ping = ws_frame(9, b"p" * 125)
         sent = 0
+        pending = first
         s.setblocking(False)
         t_end = time.monotonic() + max(ATTACK_MIN_S, 3)
+        ended = None
         try:
             while time.monotonic() < t_end:
+                if not pending:
+                    pending = frame * per_send
+                    sent += per_send
                 try:
-                    s.send(ping * 64)
-                    sent += 64
+                    pending = pending[s.send(pending):]  # whole frames only, however send() cuts them
                 except BlockingIOError:
                     time.sleep(0.005)
-                except OSError:
-                    break  # the server ended the connection
+                except OSError as e:
+                    ended = e
+                    break
         finally:
             s.close()
         grown = rss_kib(self.server.proc.pid) - before
         self.probe_published = self.probe.published
-        self.finish_probe("ws ping flood", ", %d pings sent, RSS grew %d KiB" % (sent, grown))
+        self.finish_probe(name, ", %d frames sent, RSS grew %d KiB" % (sent, grown))
         self.check_subscriber()
-        self.assertLess(grown, 32 * 1024, "%d pings unread grew the server by %d KiB" % (sent, grown))
+        self.assertIsNone(ended, "the server ended a connection sending valid frames")
+        self.assertLess(grown, 32 * 1024, "%d frames grew the server by %d KiB" % (sent, grown))
+
+    def test_ping_flood_without_reading(self):
+        """Pings sent without reading the pongs: the pongs owed must not grow
+        the server's memory without bound."""
+        self.flood("ws ping flood", b"", ws_frame(9, b"p" * 125))
+
+    def test_message_flood(self):
+        """Small text messages as fast as the socket takes them: read and
+        ignored, in turns with everyone else."""
+        self.flood("ws message flood", b"", ws_frame(1, b'{"hello":"world"}'), per_send=256)
+
+    def test_empty_fragments_forever(self):
+        """A message that never ends, made of empty continuation frames: it
+        never reaches ws_max_message_bytes, so it is not closed, but it
+        costs no memory and starves nobody."""
+        self.flood("ws empty fragments", ws_frame(1, b"a", fin=False), ws_frame(0, b"", fin=False), per_send=512)
