@@ -428,6 +428,47 @@ class HttpHostileTest(HostileBase):
                 s.close()
         self.finish_probe("pipelined garbage", ", then %s" % sorted(map(str, outcomes)))
 
+    def test_pipelined_flood(self):
+        """Connections pipelining valid requests as fast as they can (and
+        reading the answers) get their turn like everyone else."""
+        self.start_probe()
+        socks = [self.server.raw_socket() for _ in range(4)]
+        stop = threading.Event()
+        answered = [0] * len(socks)
+
+        def reader(k):
+            s = socks[k]
+            while not stop.is_set():
+                try:
+                    d = s.recv(1 << 20)
+                except OSError:
+                    return
+                if not d:
+                    return
+                answered[k] += d.count(b"HTTP/1.1 200 ")
+
+        readers = [threading.Thread(target=reader, args=(k,), daemon=True) for k in range(len(socks))]
+        for r in readers:
+            r.start()
+        batch = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 200
+        sent = 0
+        t_end = time.monotonic() + ATTACK_MIN_S
+        try:
+            while time.monotonic() < t_end:
+                for s in socks:
+                    s.sendall(batch)
+                    sent += 200
+        finally:
+            stop.set()
+            for s in socks:
+                s.shutdown(socket.SHUT_RDWR)
+            for r in readers:
+                r.join(sc(5))
+            for s in socks:
+                s.close()
+        self.assertTrue(all(answered), answered)
+        self.finish_probe("pipelined flood (4 conns)", ", %d sent, %d answered" % (sent, sum(answered)))
+
     def test_nul_bytes_and_invalid_request_lines(self):
         self.start_probe()
         outcomes = set()
