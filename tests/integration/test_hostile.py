@@ -8,9 +8,9 @@ exit 0 on SIGTERM and have logged no sanitizer report.
 
 PROBE_LIMIT is 100 ms times the time scale (STREAMD_TIME_SCALE, or 3 when
 the binary's path contains "asan").  The machine is shared and a process
-may wait for a core now and then, so one answer in a hundred may be late
-by scheduling noise, up to 3 * PROBE_LIMIT; STREAMD_HOSTILE_STRICT=1 allows
-none.  A server kept busy by an attack makes many answers late, or few
+may wait for a core now and then, so one answer in fifty (at least one
+per attack) may be late by scheduling noise, up to 3 * PROBE_LIMIT;
+STREAMD_HOSTILE_STRICT=1 allows none.  A server kept busy by an attack makes many answers late, or few
 requests at all (at least 10 are required).  The observed maximum of each
 attack is printed with STREAMD_HOSTILE_REPORT=1.
 """
@@ -212,7 +212,7 @@ class HostileBase(unittest.TestCase):
         self.assertGreater(len(probe.latencies), 10, line)
         self.assertEqual(probe.failures, [], line)
         late = [(round(d * 1000, 1), w) for d, w in probe.latencies if d > PROBE_LIMIT]
-        noise = 0 if os.environ.get("STREAMD_HOSTILE_STRICT") else len(probe.latencies) // 100
+        noise = 0 if os.environ.get("STREAMD_HOSTILE_STRICT") else max(1, len(probe.latencies) // 50)
         msg = "probe answers slower than %.0f ms: %r; %s" % (PROBE_LIMIT * 1000, late, line)
         self.assertLessEqual(len(late), noise, msg)
         self.assertTrue(all(d <= 3 * PROBE_LIMIT * 1000 for d, _ in late), msg)
