@@ -11,7 +11,7 @@
 
 #include "streamd/err.h"
 
-enum kind { K_STR, K_U16, K_U32, K_U64, K_BOOL, K_DURABILITY };
+enum kind { K_STR, K_U16, K_U32, K_U64, K_BOOL, K_DURABILITY, K_LIST };
 
 struct key {
   const char *name;
@@ -70,6 +70,13 @@ static const struct key keys[] = {
     {"allowed_origins", K_STR, F(allowed_origins), 0, 0,
      "comma-separated browser origins allowed besides same-host ones, * for any (default none)"},
     {"log_level", K_STR, F(log_level), 0, 0, "debug | info | warn | error (default info)"},
+    {"key", K_LIST, F(keys), 0, 0,
+     "an API key, repeatable: NAME sha256:HEX PERMS:PATTERN ... (see docs/security.md; default none)"},
+    {"keys_file", K_STR, F(keys_file), 0, 0, "file of more key lines, re-read on SIGHUP (default none)"},
+    {"protected_mode", K_BOOL, F(protected_mode), 0, 0,
+     "without keys, refuse to listen on a non-loopback host (default true)"},
+    {"tls_cert_file", K_STR, F(tls_cert_file), 0, 0, "PEM certificate chain: serve HTTPS and WSS (default none)"},
+    {"tls_key_file", K_STR, F(tls_key_file), 0, 0, "PEM private key of tls_cert_file (default none)"},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -93,6 +100,7 @@ void sd_config_default(struct sd_config *c) {
   c->ws_window_bytes = 256u * 1024u;
   c->ws_max_message_bytes = 64u * 1024u;
   snprintf(c->log_level, sizeof(c->log_level), "info");
+  c->protected_mode = 1;
 }
 
 static const struct key *find_key(const char *name) {
@@ -117,6 +125,17 @@ int sd_config_set(struct sd_config *c, const char *name, const char *value, char
     }
     memcpy(field, value, strlen(value) + 1);
     return 0;
+  case K_LIST: {
+    /* Each value is appended as one line. */
+    size_t used = strlen(field), n = strlen(value);
+    if (strchr(value, '\n') != NULL || used + n + 2 > k->size) {
+      snprintf(err, cap, "%s: too many or too long values (at most %zu bytes in all; use a file)", name, k->size - 1);
+      return SD_E_INVALID_PARAMETER;
+    }
+    memcpy(field + used, value, n);
+    memcpy(field + used + n, "\n", 2);
+    return 0;
+  }
   case K_BOOL:
     if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0 || strcmp(value, "1") == 0 ||
         strcmp(value, "on") == 0)

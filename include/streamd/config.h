@@ -33,6 +33,11 @@ struct sd_config {
   char allowed_origins[2048];       /* comma-separated origins, "*" for any */
   char log_level[16];
   char config_file[1024];
+  char keys[16384];                 /* `key` lines, each ended by '\n' */
+  char keys_file[1024];             /* more key lines, "" for none */
+  int protected_mode;               /* no keys: loopback hosts only */
+  char tls_cert_file[1024];         /* "" for plain HTTP */
+  char tls_key_file[1024];
 };
 
 /* Fills c with the built-in defaults. */
