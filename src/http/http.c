@@ -43,6 +43,20 @@ static void kick(void *arg) {
   if (h->daemon) uv_timer_start(&h->timer, on_timer, 0, 0);
 }
 
+/* With TLS, libmicrohttpd relays an upgraded connection through a
+ * socketpair and, once the WebSocket side hands it back, still has to
+ * forward what is left and then close the TCP connection on a later
+ * MHD_run, for which it reports no timeout.  For TLS_LINGER_MS after a
+ * hand-back MHD runs at least every TLS_TICK_MS. */
+#define TLS_LINGER_MS 2000
+#define TLS_TICK_MS 20
+
+static void ws_returned(void *arg) {
+  struct sd_http *h = arg;
+  if (h->tls_cert) h->linger_until = uv_now(h->loop) + TLS_LINGER_MS;
+  kick(h);
+}
+
 /* ---- the loop side ------------------------------------------------------ */
 
 static void run_mhd(struct sd_http *h) {
@@ -63,8 +77,11 @@ static void on_poll(uv_poll_t *p, int status, int events) {
 static void schedule(struct sd_http *h) {
   MHD_UNSIGNED_LONG_LONG ms;
   if (h->daemon == NULL) return;
+  int lingering = h->linger_until > uv_now(h->loop);
   if (MHD_get_timeout(h->daemon, &ms) == MHD_YES)
-    uv_timer_start(&h->timer, on_timer, ms, 0);
+    uv_timer_start(&h->timer, on_timer, lingering && ms > TLS_TICK_MS ? TLS_TICK_MS : ms, 0);
+  else if (lingering)
+    uv_timer_start(&h->timer, on_timer, TLS_TICK_MS, 0);
   else
     uv_timer_stop(&h->timer);
 }
@@ -633,7 +650,7 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
   uv_timer_init(loop, &h->sweep);
   h->sweep.data = h;
   uv_timer_start(&h->sweep, on_sweep, 500, 500);
-  if ((rc = sd_ws_server_new(loop, cfg, kick, h, &h->ws)) != 0) {
+  if ((rc = sd_ws_server_new(loop, cfg, ws_returned, h, &h->ws)) != 0) {
     uv_close((uv_handle_t *)&h->poll, NULL);
     uv_close((uv_handle_t *)&h->timer, NULL);
     uv_close((uv_handle_t *)&h->sweep, NULL);

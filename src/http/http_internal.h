@@ -47,6 +47,7 @@ struct sd_http {
   struct sd_list fresh;       /* connections without a complete first request */
   struct sd_auth *auth;       /* API keys (one reference); NULL or empty: open */
   char *tls_cert, *tls_key;   /* PEM text given to MHD, NULL without TLS; wiped when freed */
+  uint64_t linger_until;      /* loop time until which MHD runs every few ms (TLS hand-backs) */
 };
 
 #define SD_PATH_MAX_PARTS 8
