@@ -168,11 +168,14 @@ static int parse_grant(const char *tok, struct grant *g, char *err, size_t cap) 
     return SD_E_INVALID_PARAMETER;
   }
   g->perms = 0;
-  for (const char *p = tok; p < colon;) {
+  for (const char *p = tok;;) {
     const char *e = p;
     while (e < colon && *e != '+') e++;
     size_t n = (size_t)(e - p);
-    if (n == 4 && strncmp(p, "read", 4) == 0)
+    if (n == 0) {
+      snprintf(err, cap, "grant '%.100s' has an empty permission (read, write or admin, joined by +)", tok);
+      return SD_E_INVALID_PARAMETER;
+    } else if (n == 4 && strncmp(p, "read", 4) == 0)
       g->perms |= SD_AUTH_READ;
     else if (n == 5 && strncmp(p, "write", 5) == 0)
       g->perms |= SD_AUTH_WRITE;
@@ -183,7 +186,8 @@ static int parse_grant(const char *tok, struct grant *g, char *err, size_t cap) 
                (int)(n > 40 ? 40 : n), p, tok);
       return SD_E_INVALID_PARAMETER;
     }
-    p = e < colon ? e + 1 : e;
+    if (e == colon) break;
+    p = e + 1;
   }
   const char *pat = colon + 1;
   if (g->perms == 0 || *pat == '\0' || strlen(pat) > 255) {
