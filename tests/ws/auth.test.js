@@ -246,3 +246,7 @@ open('nokey', base + '/stream/orders.a/ws/b4?from_offset=0');
     web.close();
   }
 });
+
+test('SIGTERM: exit 0, no sanitizer report', { timeout: h.scaled(30000) }, async () => {
+  await server.stop();
+});
