@@ -235,6 +235,7 @@ static void usage(void) {
     printf("  --%-26s %s\n", flag, keys[i].help);
   }
   printf("  --%-26s %s\n", "config", "read settings from FILE (\"key = value\" lines)");
+  printf("  --%-26s %s\n", "hash-key KEY", "print the sha256: hash of KEY for a key line, and exit (- reads stdin)");
 }
 
 int sd_config_from_args(struct sd_config *c, int argc, char **argv, char *err, size_t cap) {
