@@ -11,7 +11,7 @@
 
 #include "streamd/err.h"
 
-enum kind { K_STR, K_U16, K_U32, K_U64, K_BOOL, K_DURABILITY };
+enum kind { K_STR, K_U16, K_U32, K_U64, K_BOOL, K_DURABILITY, K_LIST };
 
 struct key {
   const char *name;
@@ -74,6 +74,13 @@ static const struct key keys[] = {
     {"log_level", K_STR, F(log_level), 0, 0, "debug | info | warn | error (default info)"},
     {"log_format", K_STR, F(log_format), 0, 0, "text | json: log lines as text or JSON objects (default text)"},
     {"access_log", K_BOOL, F(access_log), 0, 0, "on | off: one log line per request (default off)"},
+    {"key", K_LIST, F(keys), 0, 0,
+     "an API key, repeatable: NAME sha256:HEX PERMS:PATTERN ... (see docs/security.md; default none)"},
+    {"keys_file", K_STR, F(keys_file), 0, 0, "file of more key lines, re-read on SIGHUP (default none)"},
+    {"protected_mode", K_BOOL, F(protected_mode), 0, 0,
+     "without keys, refuse to listen on a non-loopback host (default true)"},
+    {"tls_cert_file", K_STR, F(tls_cert_file), 0, 0, "PEM certificate chain: serve HTTPS and WSS (default none)"},
+    {"tls_key_file", K_STR, F(tls_key_file), 0, 0, "PEM private key of tls_cert_file (default none)"},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -99,6 +106,7 @@ void sd_config_default(struct sd_config *c) {
   c->ws_max_message_bytes = 64u * 1024u;
   snprintf(c->log_level, sizeof(c->log_level), "info");
   snprintf(c->log_format, sizeof(c->log_format), "text");
+  c->protected_mode = 1;
 }
 
 static const struct key *find_key(const char *name) {
@@ -123,6 +131,17 @@ int sd_config_set(struct sd_config *c, const char *name, const char *value, char
     }
     memcpy(field, value, strlen(value) + 1);
     return 0;
+  case K_LIST: {
+    /* Each value is appended as one line. */
+    size_t used = strlen(field), n = strlen(value);
+    if (strchr(value, '\n') != NULL || used + n + 2 > k->size) {
+      snprintf(err, cap, "%s: too many or too long values (at most %zu bytes in all; use a file)", name, k->size - 1);
+      return SD_E_INVALID_PARAMETER;
+    }
+    memcpy(field + used, value, n);
+    memcpy(field + used + n, "\n", 2);
+    return 0;
+  }
   case K_BOOL:
     if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0 || strcmp(value, "1") == 0 ||
         strcmp(value, "on") == 0)
@@ -222,6 +241,7 @@ static void usage(void) {
     printf("  --%-26s %s\n", flag, keys[i].help);
   }
   printf("  --%-26s %s\n", "config", "read settings from FILE (\"key = value\" lines)");
+  printf("  --%-26s %s\n", "hash-key KEY", "print the sha256: hash of KEY for a key line, and exit (- reads stdin)");
 }
 
 int sd_config_from_args(struct sd_config *c, int argc, char **argv, char *err, size_t cap) {

@@ -36,6 +36,11 @@ struct sd_config {
   char log_format[16];              /* text | json */
   int access_log;                   /* one log line per request */
   char config_file[1024];
+  char keys[16384];                 /* `key` lines, each ended by '\n' */
+  char keys_file[1024];             /* more key lines, "" for none */
+  int protected_mode;               /* no keys: loopback hosts only */
+  char tls_cert_file[1024];         /* "" for plain HTTP */
+  char tls_key_file[1024];
 };
 
 /* Fills c with the built-in defaults. */

@@ -38,7 +38,9 @@
   X(GROUP_NOT_FOUND,       -10024, 404, "group_not_found",        "group does not exist")               \
   X(GROUP_EXISTS,          -10025, 409, "group_exists",           "group already exists")               \
   X(CONSUMER_NOT_FOUND,    -10026, 404, "consumer_not_found",     "consumer is not in the group")       \
-  X(CONSUMER_REQUIRED,     -10027, 400, "consumer_required",      "a consumer name is required")
+  X(CONSUMER_REQUIRED,     -10027, 400, "consumer_required",      "a consumer name is required")        \
+  X(UNAUTHORIZED,          -10028, 401, "unauthorized",           "an API key is required")             \
+  X(FORBIDDEN,             -10029, 403, "forbidden",              "the API key lacks the permission")
 
 enum {
 #define SD_ERR_ENUM(name, code, http, mcode, msg) SD_E_##name = (code),

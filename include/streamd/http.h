@@ -17,6 +17,16 @@ struct sd_http;
  * (bad host). */
 int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_config *cfg, struct sd_http **out);
 
+/* Replaces the API keys (takes the caller's reference on a, which may be
+ * NULL or empty for open mode) and drops the server's reference on the old
+ * keyring.  Requests checked against the old one keep it until they end;
+ * WebSocket connections, checked at their handshake, stay open. */
+struct sd_auth;
+void sd_http_set_auth(struct sd_http *h, struct sd_auth *a);
+
+/* Number of API keys in force (0: open mode). */
+size_t sd_http_key_count(const struct sd_http *h);
+
 /* The port actually bound (useful with port 0). */
 uint16_t sd_http_port(const struct sd_http *h);
 

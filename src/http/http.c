@@ -45,6 +45,20 @@ static void kick(void *arg) {
   if (h->daemon) uv_timer_start(&h->timer, on_timer, 0, 0);
 }
 
+/* With TLS, libmicrohttpd relays an upgraded connection through a
+ * socketpair and, once the WebSocket side hands it back, still has to
+ * forward what is left and then close the TCP connection on a later
+ * MHD_run, for which it reports no timeout.  For TLS_LINGER_MS after a
+ * hand-back MHD runs at least every TLS_TICK_MS. */
+#define TLS_LINGER_MS 2000
+#define TLS_TICK_MS 20
+
+static void ws_returned(void *arg) {
+  struct sd_http *h = arg;
+  if (h->tls_cert) h->linger_until = uv_now(h->loop) + TLS_LINGER_MS;
+  kick(h);
+}
+
 /* ---- the loop side ------------------------------------------------------ */
 
 static void run_mhd(struct sd_http *h) {
@@ -65,8 +79,11 @@ static void on_poll(uv_poll_t *p, int status, int events) {
 static void schedule(struct sd_http *h) {
   MHD_UNSIGNED_LONG_LONG ms;
   if (h->daemon == NULL) return;
+  int lingering = h->linger_until > uv_now(h->loop);
   if (MHD_get_timeout(h->daemon, &ms) == MHD_YES)
-    uv_timer_start(&h->timer, on_timer, ms, 0);
+    uv_timer_start(&h->timer, on_timer, lingering && ms > TLS_TICK_MS ? TLS_TICK_MS : ms, 0);
+  else if (lingering)
+    uv_timer_start(&h->timer, on_timer, TLS_TICK_MS, 0);
   else
     uv_timer_stop(&h->timer);
 }
@@ -118,6 +135,7 @@ static void shrink(struct sd_buf *b) {
 
 static void req_put(struct sd_http *h, struct sd_req *r) {
   sd_routes_release(r);
+  sd_req_access_release(r);
   h->in_flight--;
   sd_list_remove(&r->node);
   if (h->nfree >= FREE_REQS_MAX || h->daemon == NULL) {
@@ -238,6 +256,7 @@ static void queue_response(struct sd_req *req) {
       MHD_create_response_from_buffer(req->out.len, req->out.len ? req->out.data : (void *)"", MHD_RESPMEM_PERSISTENT);
   if (resp == NULL) return; /* MHD closes the connection */
   if (req->status == 503) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+  if (req->status == 401 && req->www_auth) MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, req->www_auth);
   if (req->out.len)
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
                             req->content_type ? req->content_type : "application/json");
@@ -329,6 +348,8 @@ void sd_req_upgrade(struct sd_req *req, struct sd_ws_conn *c, const char *accept
   }
   MHD_add_response_header(resp, MHD_HTTP_HEADER_UPGRADE, "websocket");
   MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept);
+  char proto[SD_AUTH_KEY_MAX + 16];
+  if (sd_req_subprotocol(req, proto, sizeof(proto)) > 0) MHD_add_response_header(resp, "Sec-WebSocket-Protocol", proto);
   req->ws = c;
   req->status = MHD_HTTP_SWITCHING_PROTOCOLS;
   sd_buf_reset(&req->out);
@@ -504,6 +525,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (sd_routes_match(req) != 0) return MHD_YES; /* answered */
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    /* A request with a body has its key checked before the body is taken
+     * in; one without is checked when complete, so that a 401 or 403
+     * leaves the connection open. */
+    if ((cl != NULL && strcmp(cl, "0") != 0) ||
+        MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING) != NULL) {
+      req->auth_checked = 1;
+      if (sd_routes_authorize(req) != 0) return MHD_YES; /* 401 or 403 answered */
+    }
     if (cl && strtoull(cl, NULL, 10) > h->cfg->max_body_bytes) {
       char msg[128];
       snprintf(msg, sizeof(msg), "request body larger than max_body_bytes (%llu)",
@@ -547,6 +576,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   fresh_done(c);
   /* The request is complete: from now on the idle timeout applies. */
   MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, (unsigned int)h->cfg->connection_timeout_s);
+  if (!req->auth_checked && sd_routes_authorize(req) != 0) return MHD_YES;
   sd_routes_dispatch(req);
   return MHD_YES;
 }
@@ -592,6 +622,57 @@ static void mhd_log(void *cls, const char *fmt, va_list ap) {
   SD_DEBUG("http: %s", msg);
 }
 
+/* Reads a whole PEM file into a NUL-terminated buffer (*out, freed by the
+ * caller).  0 or -errno, logged. */
+static int read_pem(const char *what, const char *path, char **out) {
+  FILE *f = fopen(path, "r");
+  char *b = NULL;
+  size_t len = 0, cap = 0;
+  int rc = 0;
+  if (f == NULL) {
+    rc = -errno;
+    SD_ERROR("cannot read %s %s: %s", what, path, strerror(errno));
+    return rc;
+  }
+  for (;;) {
+    if (cap - len < 4096) {
+      char *nb = realloc(b, cap + 16384);
+      if (nb == NULL) {
+        rc = -ENOMEM;
+        break;
+      }
+      b = nb;
+      cap += 16384;
+    }
+    size_t n = fread(b + len, 1, cap - len - 1, f);
+    len += n;
+    if (n == 0) break;
+    if (len > (1u << 20)) {
+      rc = -EFBIG;
+      SD_ERROR("%s %s is larger than 1 MiB", what, path);
+      break;
+    }
+  }
+  if (rc == 0 && ferror(f)) {
+    rc = -EIO;
+    SD_ERROR("cannot read %s %s", what, path);
+  }
+  fclose(f);
+  if (rc != 0) {
+    if (b) explicit_bzero(b, cap);
+    free(b);
+    return rc;
+  }
+  b[len] = '\0';
+  *out = b;
+  return 0;
+}
+
+static void free_pem(char *b) {
+  if (b) explicit_bzero(b, strlen(b));
+  free(b);
+}
+
 int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_config *cfg, struct sd_http **out) {
   struct sockaddr_storage ss;
   socklen_t sslen;
@@ -614,9 +695,32 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
     return SD_E_INVALID_PARAMETER;
   }
   (void)sslen;
+  if ((cfg->tls_cert_file[0] != '\0') != (cfg->tls_key_file[0] != '\0')) {
+    SD_ERROR("TLS needs both tls_cert_file and tls_key_file");
+    return SD_E_INVALID_PARAMETER;
+  }
 
   struct sd_http *h = calloc(1, sizeof(*h));
   if (h == NULL) return -ENOMEM;
+  /* TLS: libmicrohttpd's GnuTLS; upgraded (WebSocket) connections are then
+   * relayed by MHD through a socketpair, so ws.c sees a plain socket. */
+  struct MHD_OptionItem tls[3] = {{MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
+  if (cfg->tls_cert_file[0] != '\0') {
+    if (MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES) {
+      SD_ERROR("this libmicrohttpd was built without TLS support");
+      free(h);
+      return SD_E_INVALID_PARAMETER;
+    }
+    if ((rc = read_pem("tls_cert_file", cfg->tls_cert_file, &h->tls_cert)) != 0 ||
+        (rc = read_pem("tls_key_file", cfg->tls_key_file, &h->tls_key)) != 0) {
+      free_pem(h->tls_cert);
+      free(h);
+      return rc;
+    }
+    flags |= MHD_USE_TLS;
+    tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, h->tls_cert};
+    tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, h->tls_key};
+  }
   h->loop = loop;
   h->engine = engine;
   h->cfg = cfg;
@@ -632,10 +736,16 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
       (unsigned int)cfg->per_ip_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)cfg->connection_timeout_s,
       MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->connection_memory_bytes, MHD_OPTION_CONNECTION_MEMORY_INCREMENT,
       (size_t)4096, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned int)1024, MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection, h, MHD_OPTION_UNESCAPE_CALLBACK, unescape, h,
-      MHD_OPTION_END);
+      MHD_OPTION_ARRAY, tls, MHD_OPTION_END);
   if (h->daemon == NULL) {
     rc = errno ? -errno : -EADDRINUSE;
-    SD_ERROR("cannot listen on %s:%u: %s", cfg->host, cfg->port, sd_strerror(rc));
+    if (h->tls_cert)
+      SD_ERROR("cannot listen on %s:%u with TLS (%s): check that tls_cert_file and tls_key_file are a matching PEM "
+               "certificate and key", cfg->host, cfg->port, sd_strerror(rc));
+    else
+      SD_ERROR("cannot listen on %s:%u: %s", cfg->host, cfg->port, sd_strerror(rc));
+    free_pem(h->tls_cert);
+    free_pem(h->tls_key);
     free(h);
     return rc;
   }
@@ -651,12 +761,14 @@ int sd_http_start(uv_loop_t *loop, struct sd_engine *engine, const struct sd_con
   uv_timer_init(loop, &h->sweep);
   h->sweep.data = h;
   uv_timer_start(&h->sweep, on_sweep, 500, 500);
-  if ((rc = sd_ws_server_new(loop, cfg, kick, h, &h->ws)) != 0) {
+  if ((rc = sd_ws_server_new(loop, cfg, ws_returned, h, &h->ws)) != 0) {
     uv_close((uv_handle_t *)&h->poll, NULL);
     uv_close((uv_handle_t *)&h->timer, NULL);
     uv_close((uv_handle_t *)&h->sweep, NULL);
     MHD_stop_daemon(h->daemon);
     uv_run(loop, UV_RUN_NOWAIT);
+    free_pem(h->tls_cert);
+    free_pem(h->tls_key);
     free(h);
     return rc;
   }
@@ -691,6 +803,9 @@ static void timer_closed(uv_handle_t *t) {
     sd_list_remove(&r->node);
     req_destroy(r);
   }
+  sd_auth_unref(h->auth);
+  free_pem(h->tls_cert);
+  free_pem(h->tls_key);
   free(h);
 }
 

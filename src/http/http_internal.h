@@ -16,6 +16,7 @@
 #include <microhttpd.h>
 #include <stdint.h>
 
+#include "streamd/auth.h"
 #include "streamd/buf.h"
 #include "streamd/config.h"
 #include "streamd/engine.h"
@@ -47,6 +48,9 @@ struct sd_http {
   struct sd_list fresh;       /* connections without a complete first request */
   struct sd_metrics metrics;  /* request histograms and publish/consume counters */
   struct sd_list heading;     /* connections whose request headers have a deadline */
+  struct sd_auth *auth;       /* API keys (one reference); NULL or empty: open */
+  char *tls_cert, *tls_key;   /* PEM text given to MHD, NULL without TLS; wiped when freed */
+  uint64_t linger_until;      /* loop time until which MHD runs every few ms (TLS hand-backs) */
 };
 
 #define SD_PATH_MAX_PARTS 8
@@ -97,6 +101,10 @@ struct sd_req {
   size_t path_len;            /* of the path before it was split */
   uint32_t events_out;        /* events a consume returned */
   int observed;               /* counted and logged (at the upgrade, or at completion) */
+  struct sd_auth *auth;       /* keyring the request was checked against (a reference), or NULL */
+  const struct sd_auth_key *key; /* its key in auth; NULL in open mode */
+  const char *www_auth;       /* static WWW-Authenticate value of a 401, or NULL */
+  int auth_checked;           /* sd_routes_authorize ran (before the body) */
 };
 
 /* Prepares the response (status, body in req->out as JSON) and queues it,
@@ -124,6 +132,22 @@ int sd_req_origin_allowed(struct sd_req *req, const char *origin);
 
 /* Query argument or NULL. */
 const char *sd_req_arg(struct sd_req *req, const char *name);
+
+/* Checks the request's API key (access.c): open mode (no keys) passes;
+ * otherwise the key must be known (else 401, WWW-Authenticate set) and hold
+ * perms on stream (NULL: on every stream; perms 0 with stream NULL: any
+ * valid key), else 403.  ws: an upgrade route, where the key may also come
+ * from Sec-WebSocket-Protocol or ?token.  0, or -1 with the error answered. */
+int sd_req_authorize(struct sd_req *req, unsigned perms, const char *stream, int ws);
+/* Drops what sd_req_authorize left in req (access.c). */
+void sd_req_access_release(struct sd_req *req);
+/* The subprotocol to name in a 101 (access.c): "streamd" when offered, else
+ * the first "streamd.key.KEY" offered, else none (returns 0, out "").  out
+ * has cap bytes. */
+size_t sd_req_subprotocol(struct sd_req *req, char *out, size_t cap);
+/* Matches the route's permission against the request's key (routes.c):
+ * 0, or -1 with 401/403 answered. */
+int sd_routes_authorize(struct sd_req *req);
 
 /* Dispatches a complete request (routes.c). */
 void sd_routes_dispatch(struct sd_req *req);

@@ -295,6 +295,40 @@ not_found:
   return 0;
 }
 
+/* ---- access --------------------------------------------------------------------- */
+
+/* The permission each route needs (docs/security.md lists them):
+ * /health and CORS preflights are open; /stream/list takes any valid key
+ * and lists the streams it holds a grant on; /metrics needs read on every
+ * stream; creating and deleting streams and groups needs admin; publish
+ * needs write; everything else on a stream, group consumers and acks
+ * included, needs read. */
+int sd_routes_authorize(struct sd_req *req) {
+  const char *stream = req->nparts >= 2 ? req->parts[1] : NULL;
+  unsigned perms;
+  switch (req->route) {
+  case R_OPTIONS:
+  case R_HEALTH:
+    return 0;
+  case R_LIST:
+    return sd_req_authorize(req, 0, NULL, 0);
+  case R_METRICS:
+    return sd_req_authorize(req, SD_AUTH_READ, NULL, 0);
+  case R_STREAM:
+  case R_GROUP:
+    perms = SD_AUTH_ADMIN;
+    break;
+  case R_PUBLISH:
+    perms = SD_AUTH_WRITE;
+    break;
+  default:
+    perms = SD_AUTH_READ;
+    break;
+  }
+  SD_ASSERT(stream != NULL);
+  return sd_req_authorize(req, perms, stream, req->route == R_WS || req->route == R_GROUP_WS);
+}
+
 /* ---- streams ------------------------------------------------------------------- */
 
 /* Reads an optional whole-number member of the body object.  *got says
@@ -431,6 +465,7 @@ static void handle_stream(struct sd_req *req) {
 
 static void list_one(void *arg, struct sd_stream *s) {
   struct sd_req *req = arg;
+  if (req->key != NULL && !sd_auth_any(req->key, sd_stream_name(s))) return; /* a key sees what it may use */
   if (req->out.data[req->out.len - 1] != '[') SD_BUF_LIT(&req->out, ",");
   sd_json_str(&req->out, sd_stream_name(s), strlen(sd_stream_name(s)));
 }

@@ -60,6 +60,7 @@ struct sd_ws_conn {
   struct sd_ws_server *srv;
   struct MHD_UpgradeResponseHandle *urh;
   int fd;
+  int tls_fd;         /* TLS: the TCP socket MHD relays to fd; -1 without TLS */
   int upgraded;
   int closing;        /* a close frame is queued; end once it is sent */
   int dead;           /* destruction started */
@@ -540,6 +541,11 @@ static void conn_free(struct sd_ws_conn *c) {
 static void poll_closed(uv_handle_t *h) {
   struct sd_ws_conn *c = h->data;
   struct sd_ws_server *srv = c->srv;
+  /* With TLS, MHD closes the TCP connection only once both directions of
+   * its relay have ended; the client-to-server one ends when a read sees
+   * EOF, which a client waiting for our close never sends.  Shutting the
+   * receiving side makes that read happen now; what we sent still goes out. */
+  if (c->tls_fd >= 0) shutdown(c->tls_fd, SHUT_RD);
   MHD_upgrade_action(c->urh, MHD_UPGRADE_ACTION_CLOSE);
   if (srv->kick && !srv->freeing) srv->kick(srv->kick_arg);
   conn_free(c);
@@ -564,6 +570,7 @@ struct sd_ws_conn *sd_ws_conn_new(struct sd_ws_server *srv, struct sd_stream *s,
   if (c == NULL) return NULL;
   c->srv = srv;
   c->fd = -1;
+  c->tls_fd = -1;
   c->partition = partition;
   c->nparts = sd_stream_config(s)->partitions;
   c->next = malloc(c->nparts * sizeof(*c->next));
@@ -605,10 +612,11 @@ void sd_ws_upgraded(void *cls, struct MHD_Connection *connection, void *con_cls,
                     size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh) {
   struct sd_ws_conn *c = cls;
   struct sd_ws_server *srv = c->srv;
-  (void)connection;
   (void)con_cls;
   c->upgraded = 1;
   c->fd = sock;
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (ci != NULL && ci->connect_fd != sock) c->tls_fd = ci->connect_fd;
   c->urh = urh;
   /* libmicrohttpd leaves the socket with Nagle on after the upgrade; frames
    * are already gathered per pass, so each send should leave at once. */
