@@ -128,7 +128,13 @@ static int log_write(struct sd_groups *gs, const char *json, size_t n) {
     ssize_t w = write(gs->fd, b->data + done, b->len - done);
     if (w < 0) {
       if (errno == EINTR) continue;
-      return -errno;
+      int rc = -errno;
+      /* A full disk can take part of the line: cut it off, or replay would
+       * stop at it and drop every record written after it.  log_bytes is
+       * the file's length before this line. */
+      if (done > 0 && ftruncate(gs->fd, (off_t)gs->log_bytes) != 0)
+        SD_ERROR("stream %s: groups.log keeps a torn line: %s", sd_stream_name(gs->s), sd_strerror(-errno));
+      return rc;
     }
     done += (size_t)w;
   }
@@ -669,17 +675,23 @@ int sd_group_ack(struct sd_group *g, const char *consumer, uint32_t partition, u
   uint64_t lo = from > gp->committed ? from : gp->committed;
   uint64_t hi = to < gp->next ? to : gp->next - 1;
   if (gp->next == 0 || lo > hi) return 0;
+  uint64_t n = 0;
+  for (uint64_t o = lo; o <= hi; o++)
+    if (win_at(gp, (uint32_t)(o - gp->committed))->state == E_PENDING) n++;
+  if (n == 0) return 0;
+  /* Logged first: an ack that cannot be logged (disk full) settles nothing,
+   * so the error the client gets is the whole truth. */
+  int rc = logf_(g->gs, "{\"t\":\"ack\",\"g\":\"%s\",\"p\":%u,\"f\":%llu,\"to\":%llu}", g->name, partition,
+                 (unsigned long long)lo, (unsigned long long)hi);
+  if (rc != 0) return rc;
   for (uint64_t o = lo; o <= hi; o++) {
     struct gentry *e = win_at(gp, (uint32_t)(o - gp->committed));
     if (e->state != E_PENDING) continue;
     e->state = E_ACKED;
     gp->pending--;
     g->pending--;
-    (*acked)++;
   }
-  if (*acked == 0) return 0;
-  int rc = logf_(g->gs, "{\"t\":\"ack\",\"g\":\"%s\",\"p\":%u,\"f\":%llu,\"to\":%llu}", g->name, partition,
-                 (unsigned long long)lo, (unsigned long long)hi);
+  *acked = n;
   win_advance(gp);
   handover_if_settled(g, gp);
   wake(g, 0); /* consumers held back by their prefetch may go on */
@@ -920,6 +932,7 @@ static int replay_one(struct sd_groups *gs, json_t *r, uint64_t now) {
 /* Writes the current state as a fresh log to fd. */
 static int write_snapshot(struct sd_groups *gs, int fd) {
   int saved = gs->fd, rc = 0;
+  uint64_t saved_bytes = gs->log_bytes;
   gs->fd = fd;
   gs->log_bytes = 0;
   struct sd_buf b = {0};
@@ -965,8 +978,12 @@ static int write_snapshot(struct sd_groups *gs, int fd) {
     }
   }
   sd_buf_free(&b);
+  if (rc != 0) {
+    gs->fd = saved;
+    gs->log_bytes = saved_bytes; /* the length of the log still in use */
+    return rc;
+  }
   gs->snapshot_bytes = gs->log_bytes;
-  if (rc != 0) gs->fd = saved;
   return rc;
 }
 
