@@ -662,9 +662,9 @@ static void publish_response(struct sd_req *req) {
 static void on_publish_durable(struct sd_durable_op *op, int status) {
   struct sd_req *req = op->data;
   if (status != 0) {
-    sd_req_error(req, status,
-                 status == SD_E_STREAM_DELETED ? "the stream was deleted before the events were synced"
-                                               : "the events could not be synced; they may not be stored",
+    char msg[300];
+    snprintf(msg, sizeof(msg), "the events could not be synced (%s); they may not be stored", sd_strerror(status));
+    sd_req_error(req, status, status == SD_E_STREAM_DELETED ? "the stream was deleted before the events were synced" : msg,
                  NULL);
     return;
   }
