@@ -309,6 +309,38 @@ class DiskFullTest(unittest.TestCase):
         self.assertTrue(self.publish("keep", self.ev("keep")))
         srv.stop()
 
+    def test_stream_created_when_only_meta_json_does_not_fit(self):
+        """Room for a new stream's segment and stream.json, none for the
+        rewrite of meta.json by its sync: that is retried later, it does not
+        make the new stream read-only or fail its creation."""
+        srv = self.srv
+        srv.create("first")
+        ballast = os.path.join(self.mnt, "ballast")
+        fill_file(ballast)
+        self.assertEqual(free_kb(self.mnt), 0)
+        # The segment's reserved chunk (64 KiB) and stream.json (one page).
+        size = os.path.getsize(ballast)
+        os.truncate(ballast, size - SEG - 4096)
+        self.assertEqual(free_kb(self.mnt), (SEG + 4096) // 1024)
+        st, body = srv.post("/stream/edge")
+        self.assertEqual(st, 201, "creation failed although only meta.json did not fit: %r" % (body,))
+        harness.poll_until(lambda: "meta.json not rewritten" in srv.log_since_start(), harness.scaled(10),
+                           what="the meta.json rewrite to fail for lack of space")
+        self.assertTrue(self.publish("edge", self.ev("edge", pad="small")))
+        stats = srv.stats("edge")
+        self.assertNotIn("read_only", stats["partitions"][0], stats)
+        # Space back: the rewrite is retried with the next sync.
+        os.unlink(ballast)
+        self.assertTrue(self.publish("edge", self.ev("edge", pad="small")))
+        with open(os.path.join(srv.data_dir, "meta.json")) as f:
+            meta = json.load(f)
+        gen = stats["generation"]
+        self.assertGreater(meta["next_generation"], gen, "meta.json was not rewritten once space was back: %r" % meta)
+        srv.kill()
+        srv.start()
+        self.check_stored("edge")
+        srv.stop()
+
 
 if __name__ == "__main__":
     unittest.main()

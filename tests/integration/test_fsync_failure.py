@@ -136,6 +136,9 @@ class FsyncFailureTest(unittest.TestCase):
         self.check_acked(acked, got)
         if durability == "always":
             self.assertEqual(len(got[1]), 5, "a record whose sync failed was served: %r" % got[1][-1])
+        # Later durable operations wait for a later sync, not for the failed one.
+        st, body = srv.post("/stream/%s/group/after-failure" % STREAM, {"ack": "explicit"})
+        self.assertEqual(st, 201, body)
         self.publish(0, 3, acked)
         # The error was reported once; it is not retried into a success.
         os.path.exists(self.trigger) and os.unlink(self.trigger)
@@ -153,6 +156,26 @@ class FsyncFailureTest(unittest.TestCase):
         self.assertEqual(st, 200, body)
         self.assertNotIn("read_only", srv.stats(STREAM)["partitions"][1])
         srv.stop()
+
+    def test_creation_whose_directory_sync_fails(self):
+        """A new stream's first sync fails: its creation is not answered 201."""
+        with server_env(LD_PRELOAD=preload_list(), FAILSYNC_TRIGGER=self.trigger, FAILSYNC_MATCH="/streams/newone"):
+            self.srv.start()
+        open(self.trigger, "w").close()
+        st, body = self.srv.post("/stream/newone")
+        self.assertEqual(st, 500, "creation answered although its sync failed: %d %r" % (st, body))
+        self.assertEqual(body.get("error"), "io_error", body)
+        self.assertIn("could not be synced", body.get("message", ""), body)
+        st, body = self.srv.publish("newone", {"event": "e", "data": 1}, expect=None)
+        self.assertEqual(st, 503, body)
+        self.assertEqual(body.get("error"), "partition_read_only", body)
+        self.assertIn("sync failed (Input/output error)", body["message"], body)
+        # Other streams are not affected.
+        self.srv.create("other")
+        self.srv.publish("other", {"event": "e", "data": 1})
+        # The final sync fails too (the fault is still there): exit status 1.
+        self.assertEqual(self.srv.terminate(), 1)
+        self.assertIn("final sync failed", self.srv.log_since_start())
 
     def test_fsync_failure_always(self):
         self.run_failure("always")
