@@ -232,6 +232,20 @@ class DiskFullTest(unittest.TestCase):
                 else:
                     self.assertFull((st, body))
                     ack_refused += 1
+        # Over WebSocket, a refused ack closes the connection with 1011 and
+        # the reason (the client has no other way to learn it).
+        gws = WSClient("127.0.0.1", srv.port, "/stream/keep/group/workers/ws/c2?prefetch=1",
+                       timeout=harness.scaled(10))
+        self.addCleanup(gws.close)
+        ev = gws.recv_json(timeout=harness.scaled(10))
+        self.assertIsNotNone(ev, "no event pushed to the group's WebSocket consumer")
+        gws.send_text(json.dumps({"ack": {"partition": ev["partition"], "offset": ev["offset"]}}))
+        with self.assertRaises(WSClosed) as cm:
+            while gws.recv(timeout=harness.scaled(10)) is not None:
+                pass
+            self.fail("the WebSocket stayed open after a refused ack")
+        self.assertEqual(cm.exception.code, 1011, cm.exception.reason)
+        self.assertIn("disk is full", cm.exception.reason)
         # A refused ack settled nothing: the event is still pending.
         st, info = srv.get("/stream/keep/group/workers/info")
         self.assertEqual(st, 200, info)
