@@ -702,8 +702,9 @@ int sd_group_leave(struct sd_group *g, const char *consumer) {
   struct gcons *c = cons_find(g, consumer);
   if (c == NULL) return SD_E_CONSUMER_NOT_FOUND;
   int rc = logf_(g->gs, "{\"t\":\"leave\",\"g\":\"%s\",\"c\":\"%s\"}", g->name, consumer);
+  if (rc != 0) return rc; /* not logged (disk full): the consumer stays */
   cons_remove(g, c);
-  return rc;
+  return 0;
 }
 
 void sd_group_stat(const struct sd_group *g, struct sd_group_stat *out) {

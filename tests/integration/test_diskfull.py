@@ -246,10 +246,13 @@ class DiskFullTest(unittest.TestCase):
             self.fail("the WebSocket stayed open after a refused ack")
         self.assertEqual(cm.exception.code, 1011, cm.exception.reason)
         self.assertIn("disk is full", cm.exception.reason)
+        # A consumer leaving is refused the same way, and stays.
+        self.assertFull(srv.delete("/stream/keep/group/workers/consumer/c1"))
         # A refused ack settled nothing: the event is still pending.
         st, info = srv.get("/stream/keep/group/workers/info")
         self.assertEqual(st, 200, info)
         self.assertGreater(info["pending_messages"], 0, info)
+        self.assertIn("c1", info["consumers"], info)
 
         # -- reads go on ---------------------------------------------------
         self.check_stored("keep")
