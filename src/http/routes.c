@@ -664,8 +664,8 @@ static void on_publish_durable(struct sd_durable_op *op, int status) {
   if (status != 0) {
     char msg[300];
     snprintf(msg, sizeof(msg), "the events could not be synced (%s); they may not be stored", sd_strerror(status));
-    sd_req_error(req, status, status == SD_E_STREAM_DELETED ? "the stream was deleted before the events were synced" : msg,
-                 NULL);
+    if (status == SD_E_STREAM_DELETED) snprintf(msg, sizeof(msg), "the stream was deleted before the events were synced");
+    sd_req_error(req, status, msg, NULL);
     return;
   }
   publish_response(req);
