@@ -1069,8 +1069,32 @@ int sd_groups_open(struct sd_stream *s, const char *dir, struct sd_groups **out)
     }
     gs->log_bytes = good;
   }
-  int fd;
-  if (gs->log_bytes < COMPACT_MIN_BYTES) {
+  int fd = -1;
+  if (gs->log_bytes >= COMPACT_MIN_BYTES) {
+    /* Start from a compact, synced snapshot. */
+    fd = open(gs->new_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      rc = -errno;
+      uv_close((uv_handle_t *)&gs->timer, NULL);
+      goto fail;
+    }
+    rc = write_snapshot(gs, fd);
+    if (rc == -ENOSPC || rc == -EDQUOT) {
+      /* No room for a snapshot on a full disk: the log as it is will do;
+       * a later compaction tries again. */
+      SD_WARN("stream %s: groups.log not compacted: %s", sd_stream_name(s), sd_strerror(rc));
+      close(fd);
+      unlink(gs->new_path);
+      fd = -1;
+    } else if (rc != 0 || fdatasync(fd) != 0 || rename(gs->new_path, gs->log_path) != 0 ||
+               sd_fs_sync_dir(dir) != 0) {
+      if (rc == 0) rc = -errno;
+      close(fd);
+      uv_close((uv_handle_t *)&gs->timer, NULL);
+      goto fail;
+    }
+  }
+  if (fd < 0) {
     /* Small enough: append to it as it is (its cut, if any, synced first). */
     fd = open(gs->log_path, O_WRONLY | O_APPEND | O_CLOEXEC);
     if (fd < 0 || fdatasync(fd) != 0) {
@@ -1080,21 +1104,6 @@ int sd_groups_open(struct sd_stream *s, const char *dir, struct sd_groups **out)
       goto fail;
     }
     gs->snapshot_bytes = gs->log_bytes;
-  } else {
-    /* Start from a compact, synced snapshot. */
-    fd = open(gs->new_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      rc = -errno;
-      uv_close((uv_handle_t *)&gs->timer, NULL);
-      goto fail;
-    }
-    if ((rc = write_snapshot(gs, fd)) != 0 || fdatasync(fd) != 0 || rename(gs->new_path, gs->log_path) != 0 ||
-        sd_fs_sync_dir(dir) != 0) {
-      if (rc == 0) rc = -errno;
-      close(fd);
-      uv_close((uv_handle_t *)&gs->timer, NULL);
-      goto fail;
-    }
   }
   gs->fd = fd;
   gs->dirty = 0;

@@ -67,8 +67,11 @@ def free_kb(path):
 
 class DiskFullTest(unittest.TestCase):
 
+    # tmpfs size per test (KiB), when not TMPFS_KB
+    SIZES = {"test_restart_on_full_disk_with_large_groups_log": 12288}
+
     def setUp(self):
-        self.mnt = mount_tmpfs(self, TMPFS_KB)
+        self.mnt = mount_tmpfs(self, self.SIZES.get(self._testMethodName, TMPFS_KB))
         self.srv = Server(["--segment-bytes", str(SEG), "--retention-check-ms", "100"],
                           data_dir=os.path.join(self.mnt, "data"))
         self.addCleanup(self.srv.cleanup)  # runs before the unmount
@@ -356,6 +359,53 @@ class DiskFullTest(unittest.TestCase):
         srv.kill()
         srv.start()
         self.check_stored("edge")
+        srv.stop()
+
+    def test_restart_on_full_disk_with_large_groups_log(self):
+        """A groups.log large enough to be compacted at start-up, on a full
+        disk: the snapshot does not fit, the server starts anyway with the
+        log as it is, and compacts once there is room."""
+        srv = self.srv
+        srv.create("g")
+        # 20,000 pending events: the snapshot (one entry per pending event,
+        # ~340 KB) is larger than what start-up itself frees (the unused
+        # reserved tail of the active segment and prealloc.tmp).
+        n = 20000
+        for b in range(4):
+            st, body = srv.post("/stream/g/publish", [{"event": "e", "data": b * 5000 + i} for i in range(5000)])
+            self.assertEqual(st, 200, body)
+        self.assertEqual(srv.post("/stream/g/group/w", {"ack": "explicit"})[0], 201)
+        got = 0
+        while got < n:
+            evs = self.group_consume("g", "w", "c1", limit=10000)
+            self.assertTrue(evs)
+            got += len(evs)
+        self.assertEqual(self.group_ack("g", "w", "c1", 0, 0)[0], 200)
+        srv.stop()
+        # Grow the log past the compaction threshold (4 MiB) with copies of
+        # the ack line, which replay as no-ops.
+        log = os.path.join(srv.data_dir, "streams", "g", "groups.log")
+        with open(log, "rb") as f:
+            ack = [l for l in f.read().splitlines(keepends=True) if b'"t":"ack"' in l][0]
+        with open(log, "ab") as f:
+            f.write(ack * ((4 << 20) // len(ack) + 100))
+        big = os.path.getsize(log)
+        fill_file(os.path.join(self.mnt, "ballast"))
+        srv.start()
+        self.assertIn("groups.log not compacted", srv.log_since_start())
+        st, info = srv.get("/stream/g/group/w/info")
+        self.assertEqual(st, 200, info)
+        self.assertEqual(info["partitions"][0]["committed_offset"], 1, info)
+        self.assertEqual(info["pending_messages"], n - 1, info)
+        self.assertEqual(srv.info("g")["message_count"], n)
+        # Room again: acks are kept, and the next start-up compacts the log.
+        os.unlink(os.path.join(self.mnt, "ballast"))
+        self.assertEqual(self.group_ack("g", "w", "c1", 0, 1)[0], 200)
+        srv.stop()
+        srv.start()
+        self.assertLess(os.path.getsize(log), big // 4, "groups.log was not compacted once there was room")
+        st, info = srv.get("/stream/g/group/w/info")
+        self.assertEqual(info["partitions"][0]["committed_offset"], 2, info)
         srv.stop()
 
 
