@@ -480,6 +480,12 @@ struct fetch_ctx {
   size_t bytes, max_bytes;
 };
 
+static int count_record(void *arg, const struct sd_record *rec) {
+  (void)arg;
+  (void)rec;
+  return 0;
+}
+
 static int deliver_new(void *arg, const struct sd_record *rec) {
   struct fetch_ctx *x = arg;
   struct sd_group *g = x->g;
@@ -649,17 +655,35 @@ int sd_group_fetch(struct sd_group *g, const char *consumer, uint32_t limit, siz
     x.count = 0;
     x.bytes = total ? x.bytes : 0;
     size_t room = total == 0 ? max_bytes : (max_bytes > x.bytes ? max_bytes - x.bytes : 0);
-    rc = sd_stream_read(gs->s, p, gp->next, limit - (uint32_t)total, room ? room : 1, deliver_new, &x);
+    uint32_t want = limit - (uint32_t)total;
+    uint64_t to = 0;
+    if (!g->cfg.explicit_ack) {
+      /* At most once: the new position is logged before anything is handed
+       * out, so a position that cannot be logged (disk full) hands out
+       * nothing, and nothing handed out comes back after a restart. */
+      int n = sd_stream_read(gs->s, p, gp->next, want, room ? room : 1, count_record, NULL);
+      if (n < 0 && n != SD_E_OFFSET_OUT_OF_RANGE) return total ? total : n;
+      if (n <= 0) continue;
+      to = gp->next + (uint64_t)n;
+      if ((rc = logf_(gs, "{\"t\":\"commit\",\"g\":\"%s\",\"p\":%u,\"o\":%llu}", g->name, p,
+                      (unsigned long long)to)) != 0) {
+        log_failed(gs, rc);
+        return total ? total : rc;
+      }
+      want = (uint32_t)n;
+    }
+    rc = sd_stream_read(gs->s, p, gp->next, want, room ? room : 1, deliver_new, &x);
+    if (to > gp->next &&
+        logf_(gs, "{\"t\":\"commit\",\"g\":\"%s\",\"p\":%u,\"o\":%llu}", g->name, p,
+              (unsigned long long)gp->next) != 0)
+      gp->committed = gp->next = to; /* fewer handed out than logged, and no fix logged: skipped */
     if (rc < 0 && rc != SD_E_OFFSET_OUT_OF_RANGE) return total ? total : rc;
     if (x.count == 0) continue;
     total += x.count;
-    if (g->cfg.explicit_ack)
-      rc = logf_(gs, "{\"t\":\"dlv\",\"g\":\"%s\",\"p\":%u,\"f\":%llu,\"to\":%llu,\"c\":\"%s\"}", g->name, p,
-                 (unsigned long long)x.first, (unsigned long long)x.last, consumer ? consumer : "");
-    else
-      rc = logf_(gs, "{\"t\":\"commit\",\"g\":\"%s\",\"p\":%u,\"o\":%llu}", g->name, p,
-                 (unsigned long long)gp->next);
-    if (rc != 0) log_failed(gs, rc);
+    if (g->cfg.explicit_ack &&
+        (rc = logf_(gs, "{\"t\":\"dlv\",\"g\":\"%s\",\"p\":%u,\"f\":%llu,\"to\":%llu,\"c\":\"%s\"}", g->name,
+                    p, (unsigned long long)x.first, (unsigned long long)x.last, consumer ? consumer : "")) != 0)
+      log_failed(gs, rc);
   }
   g->rr++;
   return total;

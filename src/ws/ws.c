@@ -281,7 +281,9 @@ static void group_refill(struct sd_ws_conn *c) {
     int n = sd_group_fetch(c->group, c->consumer, c->prefetch - c->inflight, cfg->ws_window_bytes - q,
                            queue_group_record, c);
     if (n < 0) {
-      conn_close(c, 1011, "read failed");
+      char reason[120];
+      snprintf(reason, sizeof(reason), "read failed: %s", sd_strerror(n));
+      conn_close(c, 1011, reason);
       return;
     }
     if (n == 0) {

@@ -157,6 +157,7 @@ class DiskFullTest(unittest.TestCase):
         srv.create("trimmed", max_events=24)
         st, body = srv.post("/stream/keep/group/workers", {"ack": "explicit"})
         self.assertEqual(st, 201, body)
+        self.assertEqual(srv.post("/stream/keep/group/auto")[0], 201)  # ack: auto
 
         # A subscriber from the start, reading while the disk fills.
         ws = WSClient("127.0.0.1", srv.port, "/stream/keep/ws/sub?from_offset=0", timeout=harness.scaled(10))
@@ -249,6 +250,19 @@ class DiskFullTest(unittest.TestCase):
             self.fail("the WebSocket stayed open after a refused ack")
         self.assertEqual(cm.exception.code, 1011, cm.exception.reason)
         self.assertIn("disk is full", cm.exception.reason)
+        # An auto-ack group hands out events only once their new position is
+        # logged: on a full log its consumes are refused.
+        auto_seen = -1
+        for i in range(200):
+            st, body = srv.get("/stream/keep/group/auto/consume?limit=1")
+            if st != 200:
+                self.assertFull((st, body))
+                break
+            self.assertEqual(len(body), 1, body)
+            self.assertEqual(body[0]["offset"], auto_seen + 1, body)
+            auto_seen = body[0]["offset"]
+        else:
+            self.fail("auto-ack consumes never refused on a full disk")
         # A consumer leaving is refused the same way, and stays.
         self.assertFull(srv.delete("/stream/keep/group/workers/consumer/c1"))
         # A refused ack settled nothing: the event is still pending.
@@ -323,6 +337,10 @@ class DiskFullTest(unittest.TestCase):
         self.assertGreaterEqual(committed, ginfo["partitions"][0]["committed_offset"],
                                 "acks acknowledged before the restart were lost: %r -> %r" % (ginfo, ginfo2))
         self.assertNotIn("cut after", srv.log_since_start(), "a log was torn on the full disk:\n" + srv.log_tail())
+        # Nothing the auto-ack group handed out comes back.
+        st, body = srv.get("/stream/keep/group/auto/consume?limit=1")
+        self.assertEqual(st, 200, body)
+        self.assertEqual(body[0]["offset"], auto_seen + 1, "auto-ack group after the restart: %r" % body)
         # Writes work once the disk has room again.
         os.unlink(os.path.join(self.mnt, "ballast"))
         os.unlink(os.path.join(self.mnt, "ballast2"))
