@@ -94,6 +94,7 @@ struct sync_job {
   int glog_err;
   int flush_err;         /* gathered appends could not be written */
   uint64_t work_ns;      /* duration of sync_work, measured on the pool thread */
+  int meta_full;         /* meta.json was not rewritten: no space (not a sync failure) */
 };
 
 struct dedup_entry {
@@ -115,7 +116,7 @@ struct sd_stream {
   int deleted;
   uint64_t write_seq, synced_seq;
   uint64_t failed_seq;        /* ops up to this seq fail: appended before a failed sync was seen */
-  int failed_err;
+  int failed_err;             /* non-zero once a sync failed */
   struct sd_list durable_ops;
   struct sd_list waiters;
   struct sync_job job;
@@ -340,7 +341,12 @@ static void sync_work(uv_work_t *req) {
   }
   if (j->write_meta) {
     int rc = meta_write(e);
-    if (rc != 0 && j->ndirs > 0) j->dir_err[0] = rc;
+    /* No room for meta.json.tmp: the old meta.json is intact and nothing
+     * synced is at risk, so this is retried, not a reason for read-only. */
+    if (rc == -ENOSPC || rc == -EDQUOT)
+      j->meta_full = rc;
+    else if (rc != 0 && j->ndirs > 0)
+      j->dir_err[0] = rc;
   }
   for (uint32_t i = 0; i < j->ndirs; i++) {
     int rc = sd_fs_sync_dir(j->dirs[i]);
@@ -366,6 +372,13 @@ static void sync_after(uv_work_t *req, int status) {
   (void)status;
 
   if (status == 0 && (j->nsegs > 0 || j->ndirs > 0 || j->glog_fd >= 0)) sd_hist_observe_ns(&e->sync_hist, j->work_ns);
+  if (j->meta_full) {
+    /* meta.json only carries next_generation, which start-up also derives
+     * from the streams found; the next job of this stream tries again. */
+    SD_WARN("stream %s: meta.json not rewritten: %s; retried with the next sync", s->name,
+            sd_strerror(j->meta_full));
+    if (!s->deleted) s->meta_dirty = 1;
+  }
 
   for (uint32_t i = 0; i < j->nsegs; i++) {
     struct sd_segment *seg = j->segs[i];
@@ -412,8 +425,13 @@ static void sync_after(uv_work_t *req, int status) {
      * may be acknowledged, even if a later sync succeeds. */
     s->failed_seq = s->write_seq;
     s->failed_err = failed;
+    /* Ops that come later (a group ack, a publish to a healthy partition)
+     * wait for a later sync, not for this failure. */
+    s->write_seq++;
   }
-  if (s->failed_seq) complete_ops(s, s->failed_seq, s->failed_err);
+  /* failed_err, not failed_seq, says a sync failed: a stream's first sync
+   * (its creation) covers write_seq 0. */
+  if (s->failed_err) complete_ops(s, s->failed_seq, s->failed_err);
   if (failed == 0) {
     s->synced_seq = j->target_seq;
     complete_ops(s, j->target_seq, s->deleted ? SD_E_STREAM_DELETED : 0);
@@ -435,6 +453,7 @@ static int start_job(struct sd_stream *s) {
   j->config_file = NULL;
   j->glog_fd = -1;
   j->glog_err = 0;
+  j->meta_full = 0;
   j->flush_err = 0;
   j->target_seq = s->write_seq;
   s->sync_wanted = 0;
@@ -442,6 +461,14 @@ static int start_job(struct sd_stream *s) {
     for (uint32_t p = 0; p < s->cfg.partitions; p++) {
       struct partition *pt = &s->parts[p];
       j->ends[p] = pt->next_offset;
+      if (pt->ro_reason) {
+        /* A failed sync is not retried (a second fdatasync may report
+         * success for pages the kernel already dropped): a read-only
+         * partition is left out of later jobs, so they do not fail again. */
+        pt->dirty = 0;
+        pt->dir_dirty = 0;
+        continue;
+      }
       for (uint32_t i = 0; i < pt->nsegs; i++) {
         struct sd_segment *seg = pt->segs[i];
         int need = (seg->sealed && !seg->synced) || (i == pt->nsegs - 1 && pt->dirty);

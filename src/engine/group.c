@@ -128,7 +128,13 @@ static int log_write(struct sd_groups *gs, const char *json, size_t n) {
     ssize_t w = write(gs->fd, b->data + done, b->len - done);
     if (w < 0) {
       if (errno == EINTR) continue;
-      return -errno;
+      int rc = -errno;
+      /* A full disk can take part of the line: cut it off, or replay would
+       * stop at it and drop every record written after it.  log_bytes is
+       * the file's length before this line. */
+      if (done > 0 && ftruncate(gs->fd, (off_t)gs->log_bytes) != 0)
+        SD_ERROR("stream %s: groups.log keeps a torn line: %s", sd_stream_name(gs->s), sd_strerror(-errno));
+      return rc;
     }
     done += (size_t)w;
   }
@@ -474,6 +480,12 @@ struct fetch_ctx {
   size_t bytes, max_bytes;
 };
 
+static int count_record(void *arg, const struct sd_record *rec) {
+  (void)arg;
+  (void)rec;
+  return 0;
+}
+
 static int deliver_new(void *arg, const struct sd_record *rec) {
   struct fetch_ctx *x = arg;
   struct sd_group *g = x->g;
@@ -643,17 +655,35 @@ int sd_group_fetch(struct sd_group *g, const char *consumer, uint32_t limit, siz
     x.count = 0;
     x.bytes = total ? x.bytes : 0;
     size_t room = total == 0 ? max_bytes : (max_bytes > x.bytes ? max_bytes - x.bytes : 0);
-    rc = sd_stream_read(gs->s, p, gp->next, limit - (uint32_t)total, room ? room : 1, deliver_new, &x);
+    uint32_t want = limit - (uint32_t)total;
+    uint64_t to = 0;
+    if (!g->cfg.explicit_ack) {
+      /* At most once: the new position is logged before anything is handed
+       * out, so a position that cannot be logged (disk full) hands out
+       * nothing, and nothing handed out comes back after a restart. */
+      int n = sd_stream_read(gs->s, p, gp->next, want, room ? room : 1, count_record, NULL);
+      if (n < 0 && n != SD_E_OFFSET_OUT_OF_RANGE) return total ? total : n;
+      if (n <= 0) continue;
+      to = gp->next + (uint64_t)n;
+      if ((rc = logf_(gs, "{\"t\":\"commit\",\"g\":\"%s\",\"p\":%u,\"o\":%llu}", g->name, p,
+                      (unsigned long long)to)) != 0) {
+        log_failed(gs, rc);
+        return total ? total : rc;
+      }
+      want = (uint32_t)n;
+    }
+    rc = sd_stream_read(gs->s, p, gp->next, want, room ? room : 1, deliver_new, &x);
+    if (to > gp->next &&
+        logf_(gs, "{\"t\":\"commit\",\"g\":\"%s\",\"p\":%u,\"o\":%llu}", g->name, p,
+              (unsigned long long)gp->next) != 0)
+      gp->committed = gp->next = to; /* fewer handed out than logged, and no fix logged: skipped */
     if (rc < 0 && rc != SD_E_OFFSET_OUT_OF_RANGE) return total ? total : rc;
     if (x.count == 0) continue;
     total += x.count;
-    if (g->cfg.explicit_ack)
-      rc = logf_(gs, "{\"t\":\"dlv\",\"g\":\"%s\",\"p\":%u,\"f\":%llu,\"to\":%llu,\"c\":\"%s\"}", g->name, p,
-                 (unsigned long long)x.first, (unsigned long long)x.last, consumer ? consumer : "");
-    else
-      rc = logf_(gs, "{\"t\":\"commit\",\"g\":\"%s\",\"p\":%u,\"o\":%llu}", g->name, p,
-                 (unsigned long long)gp->next);
-    if (rc != 0) log_failed(gs, rc);
+    if (g->cfg.explicit_ack &&
+        (rc = logf_(gs, "{\"t\":\"dlv\",\"g\":\"%s\",\"p\":%u,\"f\":%llu,\"to\":%llu,\"c\":\"%s\"}", g->name,
+                    p, (unsigned long long)x.first, (unsigned long long)x.last, consumer ? consumer : "")) != 0)
+      log_failed(gs, rc);
   }
   g->rr++;
   return total;
@@ -669,17 +699,23 @@ int sd_group_ack(struct sd_group *g, const char *consumer, uint32_t partition, u
   uint64_t lo = from > gp->committed ? from : gp->committed;
   uint64_t hi = to < gp->next ? to : gp->next - 1;
   if (gp->next == 0 || lo > hi) return 0;
+  uint64_t n = 0;
+  for (uint64_t o = lo; o <= hi; o++)
+    if (win_at(gp, (uint32_t)(o - gp->committed))->state == E_PENDING) n++;
+  if (n == 0) return 0;
+  /* Logged first: an ack that cannot be logged (disk full) settles nothing,
+   * so the error the client gets is the whole truth. */
+  int rc = logf_(g->gs, "{\"t\":\"ack\",\"g\":\"%s\",\"p\":%u,\"f\":%llu,\"to\":%llu}", g->name, partition,
+                 (unsigned long long)lo, (unsigned long long)hi);
+  if (rc != 0) return rc;
   for (uint64_t o = lo; o <= hi; o++) {
     struct gentry *e = win_at(gp, (uint32_t)(o - gp->committed));
     if (e->state != E_PENDING) continue;
     e->state = E_ACKED;
     gp->pending--;
     g->pending--;
-    (*acked)++;
   }
-  if (*acked == 0) return 0;
-  int rc = logf_(g->gs, "{\"t\":\"ack\",\"g\":\"%s\",\"p\":%u,\"f\":%llu,\"to\":%llu}", g->name, partition,
-                 (unsigned long long)lo, (unsigned long long)hi);
+  *acked = n;
   win_advance(gp);
   handover_if_settled(g, gp);
   wake(g, 0); /* consumers held back by their prefetch may go on */
@@ -690,8 +726,9 @@ int sd_group_leave(struct sd_group *g, const char *consumer) {
   struct gcons *c = cons_find(g, consumer);
   if (c == NULL) return SD_E_CONSUMER_NOT_FOUND;
   int rc = logf_(g->gs, "{\"t\":\"leave\",\"g\":\"%s\",\"c\":\"%s\"}", g->name, consumer);
+  if (rc != 0) return rc; /* not logged (disk full): the consumer stays */
   cons_remove(g, c);
-  return rc;
+  return 0;
 }
 
 void sd_group_stat(const struct sd_group *g, struct sd_group_stat *out) {
@@ -920,6 +957,7 @@ static int replay_one(struct sd_groups *gs, json_t *r, uint64_t now) {
 /* Writes the current state as a fresh log to fd. */
 static int write_snapshot(struct sd_groups *gs, int fd) {
   int saved = gs->fd, rc = 0;
+  uint64_t saved_bytes = gs->log_bytes;
   gs->fd = fd;
   gs->log_bytes = 0;
   struct sd_buf b = {0};
@@ -965,8 +1003,12 @@ static int write_snapshot(struct sd_groups *gs, int fd) {
     }
   }
   sd_buf_free(&b);
+  if (rc != 0) {
+    gs->fd = saved;
+    gs->log_bytes = saved_bytes; /* the length of the log still in use */
+    return rc;
+  }
   gs->snapshot_bytes = gs->log_bytes;
-  if (rc != 0) gs->fd = saved;
   return rc;
 }
 
@@ -1051,8 +1093,32 @@ int sd_groups_open(struct sd_stream *s, const char *dir, struct sd_groups **out)
     }
     gs->log_bytes = good;
   }
-  int fd;
-  if (gs->log_bytes < COMPACT_MIN_BYTES) {
+  int fd = -1;
+  if (gs->log_bytes >= COMPACT_MIN_BYTES) {
+    /* Start from a compact, synced snapshot. */
+    fd = open(gs->new_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+      rc = -errno;
+      uv_close((uv_handle_t *)&gs->timer, NULL);
+      goto fail;
+    }
+    rc = write_snapshot(gs, fd);
+    if (rc == -ENOSPC || rc == -EDQUOT) {
+      /* No room for a snapshot on a full disk: the log as it is will do;
+       * a later compaction tries again. */
+      SD_WARN("stream %s: groups.log not compacted: %s", sd_stream_name(s), sd_strerror(rc));
+      close(fd);
+      unlink(gs->new_path);
+      fd = -1;
+    } else if (rc != 0 || fdatasync(fd) != 0 || rename(gs->new_path, gs->log_path) != 0 ||
+               sd_fs_sync_dir(dir) != 0) {
+      if (rc == 0) rc = -errno;
+      close(fd);
+      uv_close((uv_handle_t *)&gs->timer, NULL);
+      goto fail;
+    }
+  }
+  if (fd < 0) {
     /* Small enough: append to it as it is (its cut, if any, synced first). */
     fd = open(gs->log_path, O_WRONLY | O_APPEND | O_CLOEXEC);
     if (fd < 0 || fdatasync(fd) != 0) {
@@ -1062,21 +1128,6 @@ int sd_groups_open(struct sd_stream *s, const char *dir, struct sd_groups **out)
       goto fail;
     }
     gs->snapshot_bytes = gs->log_bytes;
-  } else {
-    /* Start from a compact, synced snapshot. */
-    fd = open(gs->new_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
-    if (fd < 0) {
-      rc = -errno;
-      uv_close((uv_handle_t *)&gs->timer, NULL);
-      goto fail;
-    }
-    if ((rc = write_snapshot(gs, fd)) != 0 || fdatasync(fd) != 0 || rename(gs->new_path, gs->log_path) != 0 ||
-        sd_fs_sync_dir(dir) != 0) {
-      if (rc == 0) rc = -errno;
-      close(fd);
-      uv_close((uv_handle_t *)&gs->timer, NULL);
-      goto fail;
-    }
   }
   gs->fd = fd;
   gs->dirty = 0;

@@ -719,10 +719,10 @@ static void publish_response(struct sd_req *req) {
 static void on_publish_durable(struct sd_durable_op *op, int status) {
   struct sd_req *req = op->data;
   if (status != 0) {
-    sd_req_error(req, status,
-                 status == SD_E_STREAM_DELETED ? "the stream was deleted before the events were synced"
-                                               : "the events could not be synced; they may not be stored",
-                 NULL);
+    char msg[300];
+    snprintf(msg, sizeof(msg), "the events could not be synced (%s); they may not be stored", sd_strerror(status));
+    if (status == SD_E_STREAM_DELETED) snprintf(msg, sizeof(msg), "the stream was deleted before the events were synced");
+    sd_req_error(req, status, msg, NULL);
     return;
   }
   publish_response(req);

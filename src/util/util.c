@@ -25,6 +25,10 @@ const char *sd_strerror(int err) {
 #undef SD_ERR_MSG
   case 0:
     return "success";
+  case -ENOSPC: /* answered 507: a message a client can act on */
+    return "the disk is full (no space left on device)";
+  case -EDQUOT:
+    return "the disk quota is exhausted";
   default:
     return err < 0 ? strerror(-err) : "unknown error";
   }

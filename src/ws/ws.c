@@ -235,7 +235,9 @@ static ssize_t on_send(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
   return (ssize_t)len;
 }
 
-static int ack_item(struct sd_ws_conn *c, json_t *a) {
+/* -1: not an ack.  0: handled; *store_err is set when the ack could not be
+ * logged (disk full, I/O error), in which case it settled nothing. */
+static int ack_item(struct sd_ws_conn *c, json_t *a, int *store_err) {
   json_t *p = json_object_get(a, "partition"), *o = json_object_get(a, "offset");
   json_t *f = json_object_get(a, "from"), *t = json_object_get(a, "to");
   json_int_t pv = p ? json_integer_value(p) : 0;
@@ -250,7 +252,11 @@ static int ack_item(struct sd_ws_conn *c, json_t *a) {
   c->acking = 1;
   int rc = sd_group_ack(c->group, c->consumer, (uint32_t)pv, (uint64_t)lo, (uint64_t)hi, &acked);
   c->acking = 0;
-  if (rc != 0) return -1;
+  if (rc == SD_E_INVALID_PARAMETER) return -1;
+  if (rc != 0) {
+    if (*store_err == 0) *store_err = rc;
+    return 0;
+  }
   c->inflight = acked >= c->inflight ? 0 : c->inflight - (uint32_t)acked;
   return 0;
 }
@@ -268,16 +274,23 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
   }
   json_t *j = json_loadb((const char *)arg->msg, arg->msg_length, 0, NULL);
   json_t *ack = json_object_get(j, "ack");
-  int bad = ack == NULL;
+  int bad = ack == NULL, store_err = 0;
   if (json_is_array(ack)) {
     size_t i;
     json_t *a;
-    json_array_foreach(ack, i, a) bad |= ack_item(c, a) != 0;
+    json_array_foreach(ack, i, a) bad |= ack_item(c, a, &store_err) != 0;
   } else if (ack) {
-    bad = ack_item(c, ack) != 0;
+    bad = ack_item(c, ack, &store_err) != 0;
   }
   json_decref(j);
-  if (bad) conn_close(c, 1007, "expected {\"ack\":{\"partition\":P,\"offset\":O}}");
+  if (bad) {
+    conn_close(c, 1007, "expected {\"ack\":{\"partition\":P,\"offset\":O}}");
+  } else if (store_err) {
+    /* The client has no other way to learn that its ack was not kept. */
+    char reason[120];
+    snprintf(reason, sizeof(reason), "ack not stored: %s", sd_strerror(store_err));
+    conn_close(c, 1011, reason);
+  }
 }
 
 /* ---- the send path --------------------------------------------------------- */
@@ -392,7 +405,9 @@ static void group_refill(struct sd_ws_conn *c) {
     int n = sd_group_fetch(c->group, c->consumer, c->prefetch - c->inflight, cfg->ws_window_bytes - q,
                            queue_group_record, c);
     if (n < 0) {
-      conn_close(c, 1011, "read failed");
+      char reason[120];
+      snprintf(reason, sizeof(reason), "read failed: %s", sd_strerror(n));
+      conn_close(c, 1011, reason);
       return;
     }
     if (n == 0) {
