@@ -52,6 +52,10 @@ void fz_server_settle(struct fz_server *sv) {
 }
 
 void fz_exchange(struct fz_server *sv, const void *req, size_t len, struct sd_buf *resp) {
+  fz_exchange_split(sv, req, len, len, resp);
+}
+
+void fz_exchange_split(struct fz_server *sv, const void *req, size_t len, size_t first, struct sd_buf *resp) {
   struct sd_http *h = sv->http;
   int fds[2];
   char buf[16384];
@@ -72,20 +76,23 @@ void fz_exchange(struct fz_server *sv, const void *req, size_t len, struct sd_bu
   int shut = 0, stuck = 0;
   uint64_t start = uv_hrtime();
   for (;;) {
-    while (off < len) {
-      ssize_t w = send(fds[0], (const char *)req + off, len - off, MSG_NOSIGNAL);
+    /* The bytes past `first` wait until the server has read the first ones. */
+    int unread = 0;
+    size_t upto = off < first || (ioctl(fds[0], SIOCOUTQ, &unread) == 0 && unread > 0) ? first : len;
+    while (off < upto) {
+      ssize_t w = send(fds[0], (const char *)req + off, upto - off, MSG_NOSIGNAL);
       if (w > 0) {
         off += (size_t)w;
       } else {
         if (w < 0 && (errno == EAGAIN || errno == EINTR)) break;
         off = len; /* the server closed: the rest cannot be sent */
+        break;
       }
     }
     uv_run(&sv->loop, UV_RUN_NOWAIT);
     /* The EOF goes once the server has read everything (or stopped
      * reading): arriving with the last bytes in one edge-triggered wakeup
      * it would be noticed only by the server's periodic sweep. */
-    int unread = 0;
     if (off == len && !shut && (ioctl(fds[0], SIOCOUTQ, &unread) != 0 || unread == 0 || ++stuck > 4)) {
       shutdown(fds[0], SHUT_WR);
       shut = 1;
@@ -206,6 +213,7 @@ struct fz_server *fz_server(void) {
   set(&sv->cfg, "retention_check_ms", "100");
   set(&sv->cfg, "max_wait_ms", "20");
   set(&sv->cfg, "max_body_bytes", "65536");
+  set(&sv->cfg, "ws_ping_interval_ms", "200");
   set(&sv->cfg, "log_level", "error");
   sv->cfg.engine.data_dir = sv->cfg.data_dir;
   sd_log_set_level(SD_LOG_ERROR);

@@ -41,6 +41,10 @@ struct fz_server *fz_server(void);
  * connection the server never lets go of is a finding. */
 void fz_exchange(struct fz_server *sv, const void *req, size_t len, struct sd_buf *resp);
 
+/* The same, with the bytes past `first` sent only once the server has
+ * read the first ones (a request, then what follows it on the socket). */
+void fz_exchange_split(struct fz_server *sv, const void *req, size_t len, size_t first, struct sd_buf *resp);
+
 /* The status code of the first response in resp, 0 when there is none. */
 int fz_status(const struct sd_buf *resp);
 
