@@ -19,9 +19,11 @@ CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTREAMD_FU
 cmake --build build-fuzz -j"$(nproc)" >/dev/null || { cmake --build build-fuzz 2>&1 | tail -n 30; exit 1; }
 
 # Segment files and data directories go to memory when it can be had:
-# the harnesses sync files, which a tmpfs makes cheap.
+# the harnesses sync files, which a tmpfs (of 1 GiB free or more) makes cheap.
 root=${TMPDIR:-/tmp}
-[ -d /dev/shm ] && [ -w /dev/shm ] && root=/dev/shm
+if [ -d /dev/shm ] && [ -w /dev/shm ] && [ "$(df -Pk /dev/shm | awk 'NR == 2 { print $4 }')" -ge 1048576 ]; then
+  root=/dev/shm
+fi
 scratch=$(mktemp -d "$root/streamd-fuzz.XXXXXX") || exit 1
 trap 'rm -rf "$scratch"' EXIT
 export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=1"
