@@ -186,6 +186,7 @@ void fz_server_reset(struct fz_server *sv) {
     s = sd_engine_find(sv->engine, "fz");
   }
   if (s && sd_group_find(s, "g") == NULL) must(sv, "POST", "/stream/fz/group/g", "{\"ack\":\"explicit\"}");
+  if (s && sd_group_find(s, "gp") == NULL) must(sv, "POST", "/stream/fz/group/gp", "{\"mode\":\"partitioned\"}");
 }
 
 struct fz_server *fz_server(void) {

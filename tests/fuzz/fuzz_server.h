@@ -10,7 +10,7 @@
  *
  * Fixtures (present before every input, recreated when an input deleted
  * them): stream "fz" with 2 partitions and a few events, and its
- * consumer group "g" (explicit acks).  Other streams an input creates are
+ * consumer groups "g" (shared, explicit acks) and "gp" (partitioned).  Other streams an input creates are
  * deleted by fz_server_reset.
  */
 #ifndef STREAMD_FUZZ_SERVER_H

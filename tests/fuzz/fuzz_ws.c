@@ -4,9 +4,10 @@
  * pongs, close, fragments, oversized and malformed frames).
  *
  * Input: one mode byte, then the bytes the client sends once upgraded.
- * Mode bit 0 picks a group consumer (/stream/fz/group/g/ws/c1, explicit
- * acks, prefetch 2) or a plain subscriber (/stream/fz/ws/c1 from offset 0);
- * bit 1 sends the handshake and the frames in one write, so that the server
+ * Mode bit 0 picks a group consumer (group g: shared, explicit acks; or
+ * group gp: partitioned, auto acks) or a plain subscriber; bits 2-3 pick
+ * one of four routes and query strings of that kind (see routes[]); bit 1
+ * sends the handshake and the frames in one write, so that the server
  * gets them as the bytes read past the handshake (MHD's extra_in), else
  * the frames follow once the server has read the handshake.
  *
@@ -76,12 +77,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fz_exchange(sv, pub, sizeof(pub) - 1, &resp);
   }
   if (runs % 1024 == 0) fz_server_reset(sv);
-  int group = data[0] & 1, together = data[0] & 2;
+  static const char *const routes[2][4] = {
+      {"/stream/fz/ws/c1?from_offset=0", "/stream/fz/ws/c1?from_offset=-2&partition=1", "/stream/fz/ws/c2",
+       "/stream/fz/ws/c3?partition=0&from_offset=1"},
+      {"/stream/fz/group/g/ws/c1?prefetch=2", "/stream/fz/group/g/ws/c2?prefetch=1",
+       "/stream/fz/group/g/ws/c1?prefetch=100", "/stream/fz/group/gp/ws/c3"}};
+  int group = data[0] & 1, together = data[0] & 2, variant = (data[0] >> 2) & 3;
   sd_buf_reset(&req);
   if (sd_buf_printf(&req,
                     "GET %s HTTP/1.1\r\nHost: fuzz\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                     "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-                    group ? "/stream/fz/group/g/ws/c1?prefetch=2" : "/stream/fz/ws/c1?from_offset=0") != 0)
+                    routes[group][variant]) != 0)
     abort();
   size_t hs = req.len;
   if (sd_buf_append(&req, data + 1, size - 1) != 0) abort();
