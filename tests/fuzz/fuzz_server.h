@@ -10,8 +10,8 @@
  *
  * Fixtures (present before every input, recreated when an input deleted
  * them): stream "fz" with 2 partitions and a few events, and its
- * consumer groups "g" (shared, explicit acks) and "gp" (partitioned).  Other streams an input creates are
- * deleted by fz_server_reset.
+ * consumer groups "g" (shared, explicit acks) and "gp" (partitioned).
+ * Other streams an input creates are deleted by fz_server_reset.
  */
 #ifndef STREAMD_FUZZ_SERVER_H
 #define STREAMD_FUZZ_SERVER_H
