@@ -6,6 +6,8 @@ PKGS=(build-essential cmake pkg-config libuv1-dev libmicrohttpd-dev libwslay-dev
       libisal-dev nettle-dev libcmocka-dev)
 if [ "${1:-}" = "--test" ]; then
   PKGS+=(python3 curl openssl chromium)
+  # libFuzzer (clang's runtime) for scripts/fuzz.sh.
+  PKGS+=(clang libclang-rt-14-dev)
   # Node.js runs the WebSocket and browser tests; any installed version >= 18 will do.
   command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
   command -v npm >/dev/null 2>&1 || PKGS+=(npm)

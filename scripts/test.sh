@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds twice (plain, and ASan + UBSan), and runs
 # every test against each build: the cmocka unit tests and the integration
-# tests that drive the real binary over real sockets.
+# tests that drive the real binary over real sockets; then a bounded
+# libFuzzer run of each harness in tests/fuzz (scripts/fuzz.sh).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test || exit 1
@@ -37,6 +38,8 @@ run "build (asan+ubsan)" scripts/build.sh asan
 run "unit tests (asan+ubsan)" ctest --test-dir build-asan --output-on-failure
 run "integration tests (asan+ubsan)" integration build-asan
 run "websocket and browser tests (asan+ubsan)" websocket build-asan
+# libFuzzer, one harness at a time (4 x STREAMD_FUZZ_SECONDS, default 45 s).
+run "fuzzing" scripts/fuzz.sh "${STREAMD_FUZZ_SECONDS:-45}"
 
 echo "summary: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

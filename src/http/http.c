@@ -350,10 +350,19 @@ void sd_req_upgrade(struct sd_req *req, struct sd_ws_conn *c, const char *accept
   MHD_add_response_header(resp, "Sec-WebSocket-Accept", accept);
   char proto[SD_AUTH_KEY_MAX + 16];
   if (sd_req_subprotocol(req, proto, sizeof(proto)) > 0) MHD_add_response_header(resp, "Sec-WebSocket-Protocol", proto);
+  /* libmicrohttpd refuses an upgrade it cannot make (an HTTP/1.0 request);
+   * it must then get another answer, or it calls the handler again and
+   * again for one. */
   req->ws = c;
   req->status = MHD_HTTP_SWITCHING_PROTOCOLS;
   sd_buf_reset(&req->out);
-  MHD_queue_response(req->conn, MHD_HTTP_SWITCHING_PROTOCOLS, resp);
+  if (MHD_queue_response(req->conn, MHD_HTTP_SWITCHING_PROTOCOLS, resp) != MHD_YES) {
+    MHD_destroy_response(resp);
+    req->ws = NULL;
+    sd_ws_conn_discard(c);
+    sd_req_error(req, SD_E_INVALID_HANDSHAKE, "a WebSocket upgrade needs HTTP/1.1", NULL);
+    return;
+  }
   MHD_destroy_response(resp);
   req->responded = 1;
 }

@@ -37,7 +37,8 @@
  *     20  4  CRC32C of bytes 0..19 and of the positions
  *     24  8  used length of the segment (end of the last record)
  *     32  4N position of each record in the segment
- *   An index is used only if its CRC matches and its last position points
+ *   An index is used only if its CRC matches, its positions start at 64
+ *   and rise by at least a smallest record (8-aligned), and its last points
  *   at a valid record with offset base+N-1 ending exactly at `used length`.
  *   A missing or invalid index only costs a scan.
  */
@@ -288,7 +289,17 @@ static int load_index(struct sd_segment *seg, uint64_t file_len) {
   uint32_t crc = sd_crc32c(hdr, 20, 0);
   crc = sd_crc32c(seg->pos, bytes, crc);
   if (crc != get32(hdr + 20)) goto out;
-  for (uint32_t i = 0; i < n; i++) seg->pos[i] = le32toh(seg->pos[i]);
+  /* Positions must start after the header and rise by at least one
+   * smallest record, 8-byte aligned: with the last one checked below, every
+   * position then lies inside the used bytes (readers index the mapping
+   * with them).  A record behind a plausible position is still checked
+   * when it is read. */
+  for (uint32_t i = 0; i < n; i++) {
+    seg->pos[i] = le32toh(seg->pos[i]);
+    if (seg->pos[i] % 8 != 0) goto out;
+    if (i == 0 ? seg->pos[0] != SD_SEG_HEADER_BYTES : seg->pos[i] < (uint64_t)seg->pos[i - 1] + sd_record_size(0, 1))
+      goto out;
+  }
   uint64_t lastpos = seg->pos[n - 1];
   uint64_t sz = record_check(seg->map, file_len, lastpos, seg->base + n - 1);
   if (sz == 0 || lastpos + sz != end) goto out;

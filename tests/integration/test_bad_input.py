@@ -359,6 +359,29 @@ class BadInputTest(ServerTestCase):
         self.assertEqual(resp.status, 200)
         self.assertEqual(resp.json()["status"], "healthy")
 
+    def test_websocket_upgrade_over_http_1_0(self):
+        # libmicrohttpd cannot upgrade an HTTP/1.0 connection: the request
+        # must still be answered (it once got nothing while the server spun
+        # on the connection), and the connection must end.
+        for route in (b"/stream/intact/ws/c1?from_offset=0", b"/stream/intact/ws/c1"):
+            s = self.server.raw_socket()
+            try:
+                s.sendall(b"GET " + route + b" HTTP/1.0\r\nHost: x\r\nUpgrade: websocket\r\n"
+                          b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                try:
+                    resp = read_response(s, timeout=harness.scaled(5))
+                    rest = s.recv(1)
+                except socket.timeout:
+                    self.fail("no answer to a WebSocket upgrade over HTTP/1.0")
+                self.assertIsNotNone(resp)
+                self.assertEqual(resp.status, 400, resp)
+                self.assertEqual(resp.json()["error"], "invalid_handshake")
+                self.assertEqual(rest, b"", "the connection stays open")
+            finally:
+                s.close()
+
     def test_expect_100_continue(self):
         # curl sends this for bodies over 1 KiB.
         body = json.dumps({"event": "big", "data": "y" * 5000}).encode()

@@ -460,6 +460,43 @@ static void test_segment_invalid_index_ignored(void **state) {
   }
 }
 
+/* An index with a correct checksum but positions that cannot be those of
+ * its records (past the used bytes, unaligned, not rising, not starting
+ * after the header) is not used: readers would index the mapping with
+ * them.  The segment is scanned instead. */
+static void test_segment_index_bad_positions_ignored(void **state) {
+  struct sd_test_env *t = env(state);
+  char ipath[PATH_MAX];
+  seg_path(t, 40, "idx", ipath);
+  const struct {
+    int i;
+    uint32_t pos;
+  } bad[] = {{2, 0x0d000040u}, {2, 0xfffffff8u}, {2, 0}, {1, 68}, {3, 64}, {0, 72}, {0, 0}};
+  for (size_t k = 0; k < sizeof(bad) / sizeof(bad[0]); k++) {
+    struct sd_segment *seg = make5(t, 0, 40);
+    seg->sealed = 1;
+    SD_TEST_RC(sd_segment_write_index(seg), 0);
+    sd_segment_unref(seg);
+    char *idx;
+    size_t len;
+    SD_TEST_RC(sd_test_read_file(ipath, &idx, &len), 0);
+    unsigned char *u = (unsigned char *)idx;
+    le32(u + 32 + 4 * bad[k].i, bad[k].pos);
+    le32(u + 20, sd_crc32c(u + 32, len - 32, sd_crc32c(u, 20, 0)));
+    FILE *f = fopen(ipath, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(idx, 1, len, f), len);
+    fclose(f);
+    free(idx);
+    struct sd_segment_recovery rep;
+    seg = reopen(t, 0, 40, 0, &rep);
+    if (rep.used_index) fail_msg("index with position %u at %d was used", bad[k].pos, bad[k].i);
+    check5(seg, 5);
+    SD_TEST_RC(sd_segment_unlink(seg), 0);
+    sd_segment_unref(seg);
+  }
+}
+
 static void test_segment_torn_tail_truncated(void **state) {
   struct sd_test_env *t = env(state);
   struct sd_segment *seg = make5(t, 0, 0);
@@ -807,6 +844,7 @@ int main(void) {
       T(test_segment_index_write_and_reopen),
       T(test_segment_reopen_without_index),
       T(test_segment_invalid_index_ignored),
+      T(test_segment_index_bad_positions_ignored),
       T(test_segment_torn_tail_truncated),
       T(test_segment_torn_tail_every_cut),
       T(test_segment_torn_tail_flipped_last),
