@@ -12,8 +12,8 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 harnesses=("$@")
-[ ${#harnesses[@]} -gt 0 ] || harnesses=(fuzz_http fuzz_publish fuzz_segment fuzz_ws)
-declare -A max_len=([fuzz_http]=4096 [fuzz_publish]=8192 [fuzz_segment]=12288 [fuzz_ws]=4096)
+[ ${#harnesses[@]} -gt 0 ] || harnesses=(fuzz_http fuzz_publish fuzz_segment fuzz_ws fuzz_jcheck)
+declare -A max_len=([fuzz_http]=4096 [fuzz_publish]=8192 [fuzz_segment]=12288 [fuzz_ws]=4096 [fuzz_jcheck]=4096)
 
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSTREAMD_FUZZ=ON -DSTREAMD_TESTS=OFF >/dev/null || exit 1
 cmake --build build-fuzz -j"$(nproc)" >/dev/null || { cmake --build build-fuzz 2>&1 | tail -n 30; exit 1; }
