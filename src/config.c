@@ -301,3 +301,33 @@ int sd_config_from_args(struct sd_config *c, int argc, char **argv, char *err, s
   c->engine.data_dir = c->data_dir;
   return 0;
 }
+
+/* Read from the configuration at each use, so a reload may change them. */
+static const char *const live_keys[] = {
+    "log_level",        "log_format",       "access_log",  "allowed_origins", "max_body_bytes",
+    "max_batch_events", "max_json_depth",   "max_wait_ms", "max_waiting",     "ws_window_bytes",
+};
+
+static int is_live(const char *name) {
+  for (size_t i = 0; i < sizeof(live_keys) / sizeof(live_keys[0]); i++)
+    if (strcmp(live_keys[i], name) == 0) return 1;
+  return 0;
+}
+
+void sd_config_apply_live(struct sd_config *running, const struct sd_config *fresh, char *restart, size_t cap) {
+  size_t used = 0;
+  if (cap) restart[0] = '\0';
+  for (size_t i = 0; i < NKEYS; i++) {
+    const struct key *k = &keys[i];
+    if (k->kind == K_LIST || strcmp(k->name, "keys_file") == 0) continue;
+    char *dst = (char *)running + k->off;
+    const char *src = (const char *)fresh + k->off;
+    if (memcmp(dst, src, k->size) == 0) continue;
+    if (k->kind == K_STR && strcmp(dst, src) == 0) continue; /* same text, different bytes past the NUL */
+    if (is_live(k->name)) {
+      memcpy(dst, src, k->size);
+    } else if (used + strlen(k->name) + 3 < cap) {
+      used += (size_t)snprintf(restart + used, cap - used, "%s%s", used ? ", " : "", k->name);
+    }
+  }
+}

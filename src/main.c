@@ -96,12 +96,22 @@ static void on_reload(uv_signal_t *h, int signum) {
   }
   (void)sd_service_reloading();
   sd_config_default(cfg);
+  enum sd_log_level lvl;
+  enum sd_log_format fmt;
   if (sd_config_from_args(cfg, sv->argc, sv->argv, err, sizeof(err)) != 0 ||
       load_keys(cfg, sv->cfg.host, &auth, err, sizeof(err)) != 0) {
-    SD_ERROR("SIGHUP: keys unchanged: %s", err);
+    SD_ERROR("SIGHUP: configuration and keys unchanged: %s", err);
+  } else if (sd_log_parse_level(cfg->log_level, &lvl) != 0 || sd_log_parse_format(cfg->log_format, &fmt) != 0) {
+    sd_auth_unref(auth);
+    SD_ERROR("SIGHUP: configuration and keys unchanged: log_level must be debug, info, warn or error and log_format text or json");
   } else {
+    char restart[512];
     SD_INFO("SIGHUP: %zu API key(s) in force (were %zu)", sd_auth_count(auth), sd_http_key_count(sv->http));
     sd_http_set_auth(sv->http, auth);
+    sd_config_apply_live(&sv->cfg, cfg, restart, sizeof(restart));
+    sd_log_set_level(lvl);
+    sd_log_set_format(fmt);
+    if (restart[0]) SD_WARN("SIGHUP: changed settings that take effect at the next start: %s", restart);
   }
   free(cfg);
   char status[128];

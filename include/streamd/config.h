@@ -59,4 +59,11 @@ int sd_config_load(struct sd_config *c, const char *path, char *err, size_t cap)
  * SD_E_INVALID_PARAMETER with err set. */
 int sd_config_from_args(struct sd_config *c, int argc, char **argv, char *err, size_t cap);
 
+/* A reload: copies into `running` the keys that apply to a running server
+ * (logging, origins, request limits; docs/configuration.md lists them)
+ * from `fresh`, and writes into `restart` (cap bytes) the comma-separated
+ * names of the other keys whose values differ, which take effect at the
+ * next start.  API keys are not among either: the caller reloads them. */
+void sd_config_apply_live(struct sd_config *running, const struct sd_config *fresh, char *restart, size_t cap);
+
 #endif

@@ -294,6 +294,43 @@ class ProtectedModeTest(unittest.TestCase):
 
 class ReloadTest(unittest.TestCase):
 
+    def test_sighup_applies_live_settings_and_names_the_others(self):
+        with tempfile.TemporaryDirectory() as d:
+            conf = os.path.join(d, "streamd.conf")
+            with open(conf, "w") as f:
+                f.write("access_log = off\nmax_body_bytes = 1048576\nlog_format = text\n")
+            srv = Server(["--config", conf])
+            self.addCleanup(srv.cleanup)
+            srv.start()
+            conn = srv.connection()
+            self.addCleanup(conn.close)
+            big = {"event": "e", "data": "x" * 4000}
+            self.assertEqual(srv.post("/stream/live/publish", big, conn=conn)[0], 200)
+            self.assertNotIn("/stream/live/publish", srv.log_since_start())
+            with open(conf, "w") as f:
+                f.write("access_log = on\nmax_body_bytes = 2048\nlog_format = text\ndurability = interval\n")
+            n = srv.log_since_start().count("SIGHUP")
+            srv.proc.send_signal(signal.SIGHUP)
+            harness.poll_until(lambda: "next start" in srv.log_since_start().split("SIGHUP")[-1] and
+                               srv.log_since_start().count("SIGHUP") > n, harness.scaled(10),
+                               what="the reload log lines")
+            self.assertIn("take effect at the next start: durability", srv.log_since_start())
+            # Live on the same keep-alive connection: the new body limit and the access log.
+            st, body = srv.post("/stream/live/publish", big, conn=conn)
+            self.assertEqual(st, 413, body)
+            self.assertEqual(srv.post("/stream/live/publish", {"event": "e", "data": 1}, conn=conn)[0], 200)
+            harness.poll_until(lambda: "/stream/live/publish" in srv.log_since_start(), harness.scaled(5),
+                               what="an access log line")
+            # A bad value changes nothing and says why.
+            with open(conf, "w") as f:
+                f.write("access_log = off\nmax_body_bytes = 1048576\nlog_format = yaml\n")
+            srv.proc.send_signal(signal.SIGHUP)
+            harness.poll_until(lambda: "configuration and keys unchanged" in srv.log_since_start(), harness.scaled(10),
+                               what="the refused reload")
+            self.assertEqual(srv.post("/stream/live/publish", big, conn=conn)[0], 413)
+            srv.stop()
+
+
     def test_sighup_rotates_keys_without_dropping_connections(self):
         a, b = new_key(), new_key()
         with tempfile.TemporaryDirectory() as d:
