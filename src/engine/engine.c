@@ -37,6 +37,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,6 +69,9 @@ struct partition {
   int reserving;        /* a reserve job runs for the active segment */
   int staging;          /* always mode: appends are written in one run before each sync */
   char *ro_reason;      /* non-NULL: read-only after a failed sync */
+  char *damage;         /* non-NULL: the first damage found in its files (recovery or a read), kept until exit */
+  uint64_t damage_found; /* damage findings since start-up */
+  uint64_t damage_last;  /* offset of the last damaged record a read met (UINT64_MAX: none), logged once */
   /* batch rollback marks */
   uint32_t mark_nsegs, mark_count;
   uint64_t mark_next, mark_bytes, mark_ts;
@@ -700,13 +704,34 @@ static uint32_t seg_for(const struct partition *p, uint64_t offset) {
   return lo;
 }
 
+/* Notes damage found in a partition's files: logged at error level, counted,
+ * and the first finding kept for stats (sd_stream_damage).  Reads that meet
+ * the same damaged offset again are not logged again. */
+static void note_damage(const struct sd_stream *s, struct partition *p, uint64_t offset, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void note_damage(const struct sd_stream *s, struct partition *p, uint64_t offset, const char *fmt, ...) {
+  char buf[PATH_MAX + 256];
+  va_list ap;
+  if (offset != UINT64_MAX && offset == p->damage_last) return;
+  p->damage_last = offset;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  p->damage_found++;
+  if (p->damage == NULL) p->damage = strdup(buf); /* no memory: still logged and counted */
+  SD_ERROR("stream %s partition %u: %s", s->name, p->id, buf);
+}
+
 /* Record at offset (below visible_next): 0, SD_E_CORRUPT (checksum or a gap
- * left by damage). */
-static int record_at(const struct partition *p, uint64_t offset, struct sd_record *rec) {
+ * left by damage, noted). */
+static int record_at(const struct sd_stream *s, struct partition *p, uint64_t offset, struct sd_record *rec) {
   const struct sd_segment *seg = p->segs[seg_for(p, offset)];
   int64_t i = sd_segment_find(seg, offset);
-  if (i < 0) return SD_E_CORRUPT;
-  return sd_segment_record(seg, (uint32_t)i, rec);
+  int rc = i < 0 ? SD_E_CORRUPT : sd_segment_record(seg, (uint32_t)i, rec);
+  if (rc == SD_E_CORRUPT)
+    note_damage(s, p, offset, "offset %llu: %s; not served", (unsigned long long)offset,
+                i < 0 ? "missing (lost to damage)" : "checksum mismatch");
+  return rc;
 }
 
 static inline uint64_t min_offset(const struct partition *p) { return p->segs[0]->base; }
@@ -722,6 +747,7 @@ static void stream_free(struct sd_stream *s) {
       free(pt->segs);
       free(pt->dir);
       free(pt->ro_reason);
+      free(pt->damage);
     }
   }
   for (uint32_t i = 0; i < s->ring_len; i++) free(s->ring[(s->ring_head + i) % s->ring_cap].id);
@@ -778,6 +804,7 @@ static struct sd_stream *stream_alloc(struct sd_engine *e, const char *name, con
     char num[16];
     snprintf(num, sizeof(num), "%u", p);
     s->parts[p].id = p;
+    s->parts[p].damage_last = UINT64_MAX;
     s->parts[p].staging = e->o.durability == SD_DURABILITY_ALWAYS;
     s->parts[p].dir = path_join(s->dir, num);
     if (s->parts[p].dir == NULL) {
@@ -992,7 +1019,12 @@ int sd_stream_partition_stat(const struct sd_stream *s, uint32_t partition, stru
   out->bytes = p->bytes;
   out->segments = p->nsegs;
   out->read_only = p->ro_reason != NULL;
+  out->damage_found = p->damage_found;
   return 0;
+}
+
+const char *sd_stream_damage(const struct sd_stream *s, uint32_t partition) {
+  return partition < s->cfg.partitions ? s->parts[partition].damage : NULL;
 }
 
 const char *sd_stream_read_only_reason(const struct sd_stream *s, uint32_t partition) {
@@ -1225,8 +1257,8 @@ int sd_stream_read(struct sd_stream *s, uint32_t partition, uint64_t from, uint3
     int64_t i = sd_segment_find(seg, off);
     int rc = i < 0 ? SD_E_CORRUPT : sd_segment_record(seg, (uint32_t)i, &rec);
     if (rc != 0) {
-      SD_ERROR("stream %s partition %u offset %llu: %s", s->name, partition, (unsigned long long)off,
-               i < 0 ? "missing (damaged segment)" : "checksum mismatch");
+      note_damage(s, p, off, "offset %llu: %s; not served", (unsigned long long)off,
+                  i < 0 ? "missing (lost to damage)" : "checksum mismatch");
       return n ? (int)n : rc;
     }
     if (n > 0 && bytes + rec.json_len > max_bytes) break;
@@ -1253,7 +1285,7 @@ int sd_stream_resolve_all(struct sd_stream *s, int64_t from, uint64_t *pos) {
     struct partition *pt = &s->parts[p];
     pos[p] = pt->visible_next;
     cur[p].json = NULL;
-    if (pos[p] > min_offset(pt) && (rc = record_at(pt, pos[p] - 1, &cur[p])) != 0) return rc;
+    if (pos[p] > min_offset(pt) && (rc = record_at(s, pt, pos[p] - 1, &cur[p])) != 0) return rc;
   }
   while (want > 0) {
     int best = -1;
@@ -1266,7 +1298,7 @@ int sd_stream_resolve_all(struct sd_stream *s, int64_t from, uint64_t *pos) {
     pos[best]--;
     want--;
     cur[best].json = NULL;
-    if (pos[best] > min_offset(pt) && (rc = record_at(pt, pos[best] - 1, &cur[best])) != 0) return rc;
+    if (pos[best] > min_offset(pt) && (rc = record_at(s, pt, pos[best] - 1, &cur[best])) != 0) return rc;
   }
   return 0;
 }
@@ -1283,7 +1315,7 @@ int sd_stream_read_merged(struct sd_stream *s, int64_t from, uint32_t limit, siz
   /* Forward merge by (timestamp, partition). */
   for (uint32_t p = 0; p < np; p++) {
     cur[p].json = NULL;
-    if (pos[p] < s->parts[p].visible_next && (rc = record_at(&s->parts[p], pos[p], &cur[p])) != 0) return rc;
+    if (pos[p] < s->parts[p].visible_next && (rc = record_at(s, &s->parts[p], pos[p], &cur[p])) != 0) return rc;
   }
   while (n < limit) {
     int best = -1;
@@ -1299,7 +1331,7 @@ int sd_stream_read_merged(struct sd_stream *s, int64_t from, uint32_t limit, siz
     if (fn(arg, &rec) != 0) break;
     pos[best]++;
     cur[best].json = NULL;
-    if (pos[best] < s->parts[best].visible_next && (rc = record_at(&s->parts[best], pos[best], &cur[best])) != 0)
+    if (pos[best] < s->parts[best].visible_next && (rc = record_at(s, &s->parts[best], pos[best], &cur[best])) != 0)
       return (int)n;
   }
   return (int)n;
@@ -1483,21 +1515,20 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
     sd_segment_path(path, sizeof(path), p->dir, bases[i], "seg");
     rc = sd_segment_open(path, p->id, bases[i], last, SD_SEG_MAX_BYTES, &seg, &rep);
     if (rc == SD_E_CORRUPT_FILE) {
-      SD_ERROR("stream %s partition %u: segment %s has a bad header", s->name, p->id, path);
+      note_damage(s, p, UINT64_MAX, "segment %s has a bad header", path);
       set_aside(path);
       rc = 0;
       continue;
     }
     if (rc != 0) goto out;
     if (p->nsegs > 0 && seg->base != expect) {
-      SD_ERROR("stream %s partition %u: offsets %llu..%llu are missing before segment %s", s->name, p->id,
-               (unsigned long long)expect, (unsigned long long)seg->base - 1, path);
+      note_damage(s, p, UINT64_MAX, "offsets %llu..%llu are missing before segment %s", (unsigned long long)expect,
+                  (unsigned long long)seg->base - 1, path);
     }
     if (rep.cut_bytes) {
       if (rep.damaged)
-        SD_ERROR("stream %s partition %u: damage in sealed segment %s from offset %llu on; %llu bytes unreadable",
-                 s->name, p->id, path, (unsigned long long)(seg->base + seg->count),
-                 (unsigned long long)rep.cut_bytes);
+        note_damage(s, p, UINT64_MAX, "damage in sealed segment %s from offset %llu on; %llu bytes unreadable", path,
+                    (unsigned long long)(seg->base + seg->count), (unsigned long long)rep.cut_bytes);
       else
         SD_WARN("stream %s partition %u: torn tail of %s cut; the next offset is %llu", s->name, p->id, path,
                 (unsigned long long)(seg->base + seg->count));

@@ -497,6 +497,11 @@ static void handle_stats(struct sd_req *req, struct sd_stream *s) {
       SD_BUF_LIT(b, ",\"read_only\":");
       sd_json_str(b, ro, strlen(ro));
     }
+    const char *dmg = sd_stream_damage(s, p);
+    if (dmg) {
+      SD_BUF_LIT(b, ",\"damage\":");
+      sd_json_str(b, dmg, strlen(dmg));
+    }
     SD_BUF_LIT(b, "}");
   }
   SD_BUF_LIT(b, "]}");
@@ -1450,7 +1455,7 @@ struct metric_ctx {
   const struct metric *m;
 };
 
-enum { M_PUBLISHED, M_CONSUMED, M_SUBSCRIBERS, M_EVENTS, M_BYTES, M_MIN, M_MAX, M_READ_ONLY };
+enum { M_PUBLISHED, M_CONSUMED, M_SUBSCRIBERS, M_EVENTS, M_BYTES, M_MIN, M_MAX, M_READ_ONLY, M_DAMAGE };
 
 static const struct metric metrics[] = {
     {"streamd_stream_published_events_total", "counter", "Events appended since start-up.", 0, M_PUBLISHED},
@@ -1461,6 +1466,8 @@ static const struct metric metrics[] = {
     {"streamd_partition_min_offset", "gauge", "First readable offset.", 1, M_MIN},
     {"streamd_partition_max_offset", "gauge", "Last offset held, -1 when empty.", 1, M_MAX},
     {"streamd_partition_read_only", "gauge", "1 when a failed sync stopped writes.", 1, M_READ_ONLY},
+    {"streamd_partition_damage_found", "gauge", "Damage found in the partition's files since start-up.", 1,
+     M_DAMAGE},
 };
 
 static void metric_samples(void *arg, struct sd_stream *s) {
@@ -1485,6 +1492,7 @@ static void metric_samples(void *arg, struct sd_stream *s) {
     case M_BYTES: v = (long long)ps.bytes; break;
     case M_MIN: v = (long long)ps.min_offset; break;
     case M_MAX: v = max_offset(&ps); break;
+    case M_DAMAGE: v = (long long)ps.damage_found; break;
     default: v = ps.read_only; break;
     }
     sd_buf_printf(b, "%s{stream=\"%s\",partition=\"%u\"} %lld\n", x->m->name, name, p, v);

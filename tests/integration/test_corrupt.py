@@ -1,0 +1,379 @@
+"""Torn and corrupt data files, with seeded randomness (env
+STREAMD_CORRUPT_SEEDS: how many seeds, default 3; STREAMD_CORRUPT_SEED: the
+first one, printed).  Extends test_recovery.py, which covers one flipped
+byte at fixed places.
+
+With a small segment_bytes there are several segments per partition.  The
+server is stopped (or killed) and its files are damaged:
+
+- the newest segment cut at a random byte, and random bytes flipped in its
+  last records (the patterns a crash or a torn write can leave);
+- a sealed segment cut at a random byte, an index cut at a random byte, an
+  index deleted, a new segment file with a partial header;
+- a byte flipped in the middle of a sealed, older segment (not a crash
+  pattern: media damage).
+
+Every time the server must start, serve every record before the damage,
+byte for byte, never serve a record that was not published as it was,
+log what it cut, and, for damage in old data, log an error and show it in
+the partition's `damage` member of GET /stream/{s}/stats.
+
+A model of the file format (docs/storage.md) written here in Python
+decides which records are valid, so the test also checks the server keeps
+exactly the valid prefix the specification defines.
+"""
+
+import json
+import os
+import random
+import re
+import struct
+import sys
+import unittest
+
+from harness import Server, short
+
+N_SEEDS = int(os.environ.get("STREAMD_CORRUPT_SEEDS", "3"))
+FIRST_SEED = int(os.environ.get("STREAMD_CORRUPT_SEED", str(random.SystemRandom().randrange(1 << 31))))
+SEG_BYTES = 4096
+STREAM = "c"
+
+
+# ---- the file format, as docs/storage.md specifies it ------------------------------------
+
+def _crc_table():
+    t = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        t.append(c)
+    return t
+
+
+_T = _crc_table()
+
+
+def crc32c(data, crc=0):
+    crc ^= 0xFFFFFFFF
+    for b in data:
+        crc = _T[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+assert crc32c(b"123456789") == 0xE3069283
+
+
+def scan(img, base):
+    """Valid prefix of a segment image: list of (offset, position, size)."""
+    out = []
+    pos = 64
+    while pos + 32 <= len(img):
+        jl, crc, off, _ts, il, flags, zero = struct.unpack_from("<IIQQHHI", img, pos)
+        if jl == 0 or il > 128 or flags or zero or off != base + len(out):
+            break
+        size = (32 + il + jl + 7) & ~7
+        if size > len(img) - pos or crc32c(img[pos + 8:pos + 32 + il + jl]) != crc:
+            break
+        out.append((off, pos, size))
+        pos += size
+    return out
+
+
+def seg_files(part_dir):
+    """[(base, path)] of the partition's segments, oldest first."""
+    out = []
+    for n in os.listdir(part_dir):
+        m = re.fullmatch(r"(\d{20})\.seg", n)
+        if m:
+            out.append((int(m.group(1)), os.path.join(part_dir, n)))
+    return sorted(out)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def flip(path, pos, rng):
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)[0]
+        f.seek(pos)
+        f.write(bytes([b ^ (1 << rng.randrange(8))]))
+
+
+def cut(path, length):
+    os.truncate(path, length)
+
+
+class CorruptTest(unittest.TestCase):
+
+    def setUp(self):
+        self.seeds = [FIRST_SEED + i for i in range(N_SEEDS)]
+        print("\ncorrupt: seeds %s (STREAMD_CORRUPT_SEED=%d STREAMD_CORRUPT_SEEDS=%d to repeat)"
+              % (self.seeds, FIRST_SEED, N_SEEDS), file=sys.stderr, flush=True)
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    def fresh(self, rng, partitions=2, n=240):
+        """A server with `n` events published over `partitions` partitions,
+        with ids and varied sizes; returns (server, {(p, o): event})."""
+        srv = Server(["--segment-bytes", str(SEG_BYTES), "--dedup-window-ms", "86400000"])
+        self.addCleanup(srv.cleanup)
+        srv.start()
+        srv.create(STREAM, partitions=partitions)
+        events = []
+        for i in range(n):
+            ev = {"event": "e%d" % (i % 5), "id": "id-%d" % i, "partition": i % partitions,
+                  "data": {"i": i, "pad": "v%d-" % i + "q" * rng.randrange(0, 300)}}
+            if rng.random() < 0.3:
+                ev["headers"] = {"k": "h%d" % i}
+            events.append(ev)
+        for at in range(0, n, 40):
+            st, body = srv.post("/stream/%s/publish" % STREAM, events[at:at + 40])
+            self.assertEqual(st, 200, body)
+        published = {}
+        for p in range(partitions):
+            for e in srv.consume_all(STREAM, partition=p):
+                published[(p, e["offset"])] = e
+        self.assertEqual(len(published), n)
+        return srv, published
+
+    def part_dir(self, srv, p):
+        return os.path.join(srv.data_dir, "streams", STREAM, str(p))
+
+    def served(self, srv, p):
+        """Every record of partition p the server serves, walking past
+        refusals: {offset: event}, and the offsets refused (500)."""
+        info = srv.stats(STREAM)["partitions"][p]
+        out, refused = {}, []
+        nxt = info["min_offset"]
+        while nxt <= info["max_offset"]:
+            st, page = srv.consume(STREAM, partition=p, from_offset=nxt, limit=1000, expect=None)
+            if st != 200:
+                self.assertEqual((st, page.get("error")), (500, "corrupt_record"), page)
+                refused.append(nxt)
+                nxt += 1
+                continue
+            self.assertTrue(page, "empty page at %d below max_offset %d" % (nxt, info["max_offset"]))
+            for i, e in enumerate(page):
+                self.assertEqual(e["offset"], nxt + i, "offsets not dense in a page: %s" % short(page))
+                out[e["offset"]] = e
+            nxt = page[-1]["offset"] + 1
+        return out, refused
+
+    def check(self, srv, published, keep, ctx):
+        """keep: {p: offsets that must be served as published}.  Every record
+        served anywhere must be one that was published, at its offset."""
+        for p in keep:
+            got, refused = self.served(srv, p)
+            for o, e in got.items():
+                self.assertEqual(e, published.get((p, o)),
+                                 "%s: partition %d offset %d served as %s" % (ctx, p, o, short(e)))
+            missing = sorted(set(keep[p]) - set(got))
+            self.assertFalse(missing, "%s: partition %d lost records before the damage: %s (refused %s)"
+                             % (ctx, p, missing[:20], refused[:20]))
+        # Still writable, and the new records read back.
+        st, body = srv.publish(STREAM, {"event": "after", "data": "after", "partition": 0})
+        self.assertEqual(st, 200)
+        _, page = srv.consume(STREAM, partition=0, from_offset=body["offset"])
+        self.assertEqual(page[0]["data"], "after", ctx)
+        published[(0, body["offset"])] = page[0]
+
+    def expect_log(self, srv, pattern, ctx):
+        log = srv.log_since_start()
+        self.assertRegex(log, pattern, "%s: the log should say what was cut:\n%s" % (ctx, log[-3000:]))
+
+    def restart_after(self, srv, damage, kill=False):
+        """Stops (or kills) the server, applies damage(), starts it again."""
+        if kill:
+            srv.kill()
+        else:
+            srv.stop()
+        damage()
+        srv.start()
+
+    # ---- crash patterns: the newest segment ---------------------------------------------
+
+    def test_newest_segment_cut_at_random_byte(self):
+        for seed in self.seeds:
+            rng = random.Random(seed)
+            srv, published = self.fresh(rng)
+            p = rng.randrange(2)
+            base, path = seg_files(self.part_dir(srv, p))[-1]
+            recs = scan(read(path), base)
+            self.assertTrue(recs)
+            at = rng.randrange(64, recs[-1][1] + recs[-1][2] + 1)
+            kept = [o for o, pos, size in recs if pos + size <= at]
+            self.restart_after(srv, lambda: cut(path, at), kill=seed % 2 == 0)
+            ctx = "seed %d: newest segment %s of partition %d cut at %d" % (seed, path, p, at)
+            keep = {q: [o for (pp, o) in published if pp == q] for q in range(2)}
+            keep[p] = [o for o in keep[p] if o < base] + kept
+            self.assertEqual(srv.stats(STREAM)["partitions"][p]["max_offset"], (base + len(kept) - 1), ctx)
+            self.check(srv, published, keep, ctx)
+            if not any(pos == at for _, pos, _ in recs) and at < recs[-1][1] + recs[-1][2]:
+                self.expect_log(srv, r"torn tail of \S+%020d\.seg cut" % base, ctx)
+            srv.stop()
+
+    def test_newest_segment_tail_bytes_flipped(self):
+        for seed in self.seeds:
+            rng = random.Random(seed)
+            srv, published = self.fresh(rng)
+            p = rng.randrange(2)
+            base, path = seg_files(self.part_dir(srv, p))[-1]
+            img = read(path)
+            recs = scan(img, base)
+            tail = recs[-min(len(recs), 4):]  # the last few records
+            lo, hi = tail[0][1], tail[-1][1] + tail[-1][2]
+            spots = sorted(rng.randrange(lo, hi) for _ in range(rng.randrange(1, 4)))
+
+            def damage():
+                for s in spots:
+                    flip(path, s, rng)
+            self.restart_after(srv, damage, kill=seed % 2 == 1)
+            # The model decides what stays valid (a flip in padding is harmless).
+            valid = [o for o, _, _ in scan(read(path), base)]
+            ctx = "seed %d: bytes %s flipped in newest segment %s" % (seed, spots, path)
+            keep = {q: [o for (pp, o) in published if pp == q and (q != p or o < base)] for q in range(2)}
+            keep[p] += valid
+            self.assertEqual(srv.stats(STREAM)["partitions"][p]["max_offset"], base + len(valid) - 1, ctx)
+            self.check(srv, published, keep, ctx)
+            if len(valid) < len(recs):
+                self.expect_log(srv, r"torn tail of \S+%020d\.seg cut; the next offset is %d" % (base, base + len(valid)),
+                                ctx)
+            srv.stop()
+
+    def test_partial_header_of_a_new_segment(self):
+        for seed in self.seeds:
+            rng = random.Random(seed)
+            srv, published = self.fresh(rng)
+            p = rng.randrange(2)
+            base, path = seg_files(self.part_dir(srv, p))[-1]
+            nxt = base + len(scan(read(path), base))
+            head = read(path)[:64]
+            new = os.path.join(self.part_dir(srv, p), "%020d.seg" % nxt)
+            n = rng.randrange(0, 64)
+            full = rng.random() < 0.5  # a full-size file (a renamed reservation) or a short one
+
+            def damage():
+                with open(new, "wb") as f:
+                    f.write(struct.pack("<8sIIQ", head[:8], 1, p, nxt)[:n] if n <= 24 else
+                            (struct.pack("<8sIIQQ", head[:8], 1, p, nxt, 0) + b"\0" * 32)[:n])
+                    if full:
+                        f.truncate(SEG_BYTES)
+            self.restart_after(srv, damage, kill=True)
+            ctx = "seed %d: %s with %d header bytes (%s)" % (seed, new, n, "full size" if full else "short")
+            keep = {q: [o for (pp, o) in published if pp == q] for q in range(2)}
+            self.check(srv, published, keep, ctx)
+            self.expect_log(srv, r"%020d\.seg has a bad header" % nxt, ctx)
+            # A second restart finds everything again, the new record too.
+            srv.stop()
+            srv.start()
+            got, refused = self.served(srv, 0)
+            self.assertFalse(refused, ctx)
+            self.assertEqual(got[max(got)]["data"], "after", ctx)
+            srv.stop()
+
+    # ---- sealed segments and index files ---------------------------------------------------
+
+    def test_index_cut_or_deleted(self):
+        for seed in self.seeds:
+            rng = random.Random(seed)
+            srv, published = self.fresh(rng)
+            victims = []
+            for p in range(2):
+                for base, path in seg_files(self.part_dir(srv, p))[:-1]:
+                    idx = path[:-4] + ".idx"
+                    if os.path.exists(idx) and rng.random() < 0.6:
+                        victims.append((idx, rng.choice(("delete", rng.randrange(0, os.path.getsize(idx))))))
+            self.assertTrue(victims or True)
+
+            def damage():
+                for idx, how in victims:
+                    if how == "delete":
+                        os.unlink(idx)
+                    else:
+                        cut(idx, how)
+            self.restart_after(srv, damage, kill=seed % 2 == 0)
+            ctx = "seed %d: indexes damaged: %s" % (seed, victims)
+            keep = {q: [o for (pp, o) in published if pp == q] for q in range(2)}
+            self.check(srv, published, keep, ctx)  # an index only costs a scan
+            for q in range(2):
+                self.assertNotIn("damage", srv.stats(STREAM)["partitions"][q], ctx)
+            # The indexes are written again and are valid.
+            srv.stop()
+            for idx, _ in victims:
+                self.assertTrue(os.path.exists(idx), "%s: %s not written again" % (ctx, idx))
+            srv.start()
+            self.check(srv, published, keep, ctx + ", restarted")
+            srv.stop()
+
+    def test_sealed_segment_cut_at_random_byte(self):
+        for seed in self.seeds:
+            rng = random.Random(seed)
+            srv, published = self.fresh(rng)
+            p = rng.randrange(2)
+            segs = seg_files(self.part_dir(srv, p))
+            self.assertGreaterEqual(len(segs), 3)
+            k = rng.randrange(len(segs) - 1)
+            base, path = segs[k]
+            recs = scan(read(path), base)
+            at = rng.randrange(64, recs[-1][1] + recs[-1][2])
+            kept = [o for o, pos, size in recs if pos + size <= at]
+            self.restart_after(srv, lambda: cut(path, at), kill=seed % 2 == 1)
+            ctx = "seed %d: sealed segment %s (of %d) of partition %d cut at %d" % (seed, path, len(segs), p, at)
+            lost = [o for o, _, _ in recs if o not in kept]
+            keep = {q: [o for (pp, o) in published if pp == q and (q != p or o not in lost)] for q in range(2)}
+            self.check(srv, published, keep, ctx)
+            got, refused = self.served(srv, p)
+            self.assertEqual(refused, [o for o in lost], ctx + ": the lost offsets must be refused")
+            self.expect_log(srv, r"offsets %d\.\.%d are missing before segment" % (lost[0], lost[-1]), ctx)
+            self.assertIn("damage", srv.stats(STREAM)["partitions"][p], ctx)
+            srv.stop()
+
+    # ---- media damage in old data: reported, never skipped silently ---------------------
+
+    def test_flipped_byte_in_old_segment_is_reported(self):
+        for seed in self.seeds:
+            rng = random.Random(seed)
+            srv, published = self.fresh(rng)
+            p = rng.randrange(2)
+            segs = seg_files(self.part_dir(srv, p))
+            k = rng.randrange(len(segs) - 1)
+            base, path = segs[k]
+            recs = scan(read(path), base)
+            off, pos, size = rng.choice(recs)
+            il = struct.unpack_from("<H", read(path), pos + 24)[0]
+            jl = struct.unpack_from("<I", read(path), pos)[0]
+            spot = pos + 4 + rng.randrange(28 + il + jl)  # a checked byte: not the length, not padding
+            drop_index = rng.random() < 0.5
+            idx = path[:-4] + ".idx"
+
+            def damage():
+                flip(path, spot, rng)
+                if drop_index and os.path.exists(idx):
+                    os.unlink(idx)
+            self.restart_after(srv, damage)
+            ctx = "seed %d: byte %d of record %d in sealed segment %s flipped%s" % (
+                seed, spot, off, path, " and its index deleted" if drop_index else "")
+            keep = {q: [o for (pp, o) in published if pp == q and (q != p or o < off or o >= base + len(recs))]
+                    for q in range(2)}
+            self.check(srv, published, keep, ctx)
+            got, refused = self.served(srv, p)
+            self.assertNotIn(off, got, ctx)
+            self.assertIn(off, refused, ctx + ": the damaged record must be refused, not skipped")
+            self.assertRegex(srv.log_since_start(), r"(?i)error.*%s.*partition %d" % (STREAM, p), ctx)
+            dmg = srv.stats(STREAM)["partitions"][p].get("damage")
+            self.assertIsInstance(dmg, str, ctx + ": stats must show the damage: %s" % srv.stats(STREAM))
+            self.assertIn(str(off), dmg, ctx)
+            # The damage stays reported after another restart.
+            srv.stop()
+            srv.start()
+            self.served(srv, p)
+            self.assertIn("damage", srv.stats(STREAM)["partitions"][p], ctx + ", restarted")
+            srv.stop()
+
+
+if __name__ == "__main__":
+    unittest.main()
