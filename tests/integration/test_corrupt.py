@@ -319,17 +319,75 @@ class CorruptTest(unittest.TestCase):
             k = rng.randrange(len(segs) - 1)
             base, path = segs[k]
             recs = scan(read(path), base)
-            at = rng.randrange(64, recs[-1][1] + recs[-1][2])
+            # Now and then inside the segment header: the whole file is set aside.
+            at = rng.randrange(0, 64) if rng.random() < 0.2 else rng.randrange(64, recs[-1][1] + recs[-1][2])
             kept = [o for o, pos, size in recs if pos + size <= at]
             self.restart_after(srv, lambda: cut(path, at), kill=seed % 2 == 1)
-            ctx = "seed %d: sealed segment %s (of %d) of partition %d cut at %d" % (seed, path, len(segs), p, at)
+            ctx = "seed %d: sealed segment %s (%d of %d) of partition %d cut at %d" % (seed, path, k, len(segs), p, at)
             lost = [o for o, _, _ in recs if o not in kept]
             keep = {q: [o for (pp, o) in published if pp == q and (q != p or o not in lost)] for q in range(2)}
             self.check(srv, published, keep, ctx)
             got, refused = self.served(srv, p)
-            self.assertEqual(refused, [o for o in lost], ctx + ": the lost offsets must be refused")
-            self.expect_log(srv, r"offsets %d\.\.%d are missing before segment" % (lost[0], lost[-1]), ctx)
+            if at < 64:
+                self.expect_log(srv, r"%020d\.seg has a bad header" % base, ctx)
+            if at < 64 and k == 0:
+                # The partition now starts after the lost segment: reads
+                # below are refused as out of range, and the loss is shown.
+                self.assertEqual(srv.stats(STREAM)["partitions"][p]["min_offset"], lost[-1] + 1, ctx)
+                st, body = srv.consume(STREAM, partition=p, from_offset=0, expect=None)
+                self.assertEqual(st, 416, body)
+            else:
+                self.assertEqual(refused, [o for o in lost], ctx + ": the lost offsets must be refused")
+                self.expect_log(srv, r"offsets %d\.\.%d are missing before segment" % (lost[0], lost[-1]), ctx)
             self.assertIn("damage", srv.stats(STREAM)["partitions"][p], ctx)
+            srv.stop()
+
+    # ---- repeated crashes with damage, and the idempotency window ----------------------
+
+    def test_repeated_kills_with_torn_tails_keep_ids_unique(self):
+        for seed in self.seeds:
+            rng = random.Random(seed)
+            srv, published = self.fresh(rng, partitions=1, n=60)
+            ids = {e["id"]: e["offset"] for e in published.values()}
+            nxt_id = 1000
+            for rnd in range(4):
+                # More events, some of them again (answered as duplicates).
+                evs = []
+                for _ in range(rng.randrange(5, 30)):
+                    if ids and rng.random() < 0.2:
+                        i = rng.choice(sorted(ids))
+                    else:
+                        nxt_id += 1
+                        i = "id-%d" % nxt_id
+                    evs.append({"event": "r", "id": i, "data": {"id": i, "pad": "w" * rng.randrange(200)}})
+                st, body = srv.post("/stream/%s/publish" % STREAM, evs)
+                self.assertEqual(st, 200, body)
+                for ev, r in zip(evs, body["results"]):
+                    if ev["id"] in ids:
+                        self.assertEqual((r.get("duplicate"), r["offset"]), (True, ids[ev["id"]]),
+                                         "seed %d round %d: %s published again: %s" % (seed, rnd, ev["id"], r))
+                    else:
+                        ids[ev["id"]] = r["offset"]
+                base, path = seg_files(self.part_dir(srv, 0))[-1]
+                recs = scan(read(path), base)
+                end = recs[-1][1] + recs[-1][2] if recs else 64
+                how = rng.choice(("cut", "flip", "none"))
+                at = rng.randrange(64, end + 1)
+                if how == "cut":
+                    damage = lambda: cut(path, at)  # noqa: E731
+                elif how == "flip":
+                    damage = lambda: flip(path, min(at, end - 1), rng)  # noqa: E731
+                else:
+                    damage = lambda: None  # noqa: E731
+                self.restart_after(srv, damage, kill=True)
+                valid = scan(read(path), base)
+                ctx = "seed %d round %d: newest segment %s %s at %d" % (seed, rnd, path, how, at)
+                lost = {o for o, _, _ in recs} - {o for o, _, _ in valid}
+                ids = {i: o for i, o in ids.items() if o not in lost}
+                got, refused = self.served(srv, 0)
+                self.assertFalse(refused, ctx)
+                self.assertEqual(sorted(got), list(range(len(got))), ctx)
+                self.assertEqual({e["id"]: o for o, e in got.items()}, ids, ctx + ": ids and offsets after recovery")
             srv.stop()
 
     # ---- media damage in old data: reported, never skipped silently ---------------------
@@ -347,6 +405,9 @@ class CorruptTest(unittest.TestCase):
             il = struct.unpack_from("<H", read(path), pos + 24)[0]
             jl = struct.unpack_from("<I", read(path), pos)[0]
             spot = pos + 4 + rng.randrange(28 + il + jl)  # a checked byte: not the length, not padding
+            if rng.random() < 0.2:
+                spot = rng.randrange(0, 36)  # in the segment header: the whole segment is set aside
+                off = base
             drop_index = rng.random() < 0.5
             idx = path[:-4] + ".idx"
 
@@ -362,11 +423,14 @@ class CorruptTest(unittest.TestCase):
             self.check(srv, published, keep, ctx)
             got, refused = self.served(srv, p)
             self.assertNotIn(off, got, ctx)
-            self.assertIn(off, refused, ctx + ": the damaged record must be refused, not skipped")
+            if spot < 64 and k == 0:
+                self.assertEqual(srv.stats(STREAM)["partitions"][p]["min_offset"], base + len(recs), ctx)
+            else:
+                self.assertIn(off, refused, ctx + ": the damaged record must be refused, not skipped")
             self.assertRegex(srv.log_since_start(), r"(?i)error.*%s.*partition %d" % (STREAM, p), ctx)
             dmg = srv.stats(STREAM)["partitions"][p].get("damage")
             self.assertIsInstance(dmg, str, ctx + ": stats must show the damage: %s" % srv.stats(STREAM))
-            self.assertIn(str(off), dmg, ctx)
+            self.assertIn("%020d.seg" % base if spot < 64 else str(off), dmg, ctx)
             # The damage stays reported after another restart.
             srv.stop()
             srv.start()

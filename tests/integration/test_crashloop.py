@@ -11,6 +11,7 @@ The load:
   dense and that no offset ever changes content;
 - WebSocket subscribers (one per partition, one for the whole stream) that
   reconnect after each restart from where they were;
+- now and then a start killed while the server recovers;
 - a shared consumer group with explicit acks, consumed and acked over HTTP
   by two consumers, retrying each ack until it is answered and recording
   every answered ack.
@@ -30,6 +31,7 @@ import os
 import random
 import socket
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -44,6 +46,7 @@ SEED = int(os.environ.get("STREAMD_CRASH_SEED", str(random.SystemRandom().randra
 STREAM = "crash"
 PARTITIONS = 3
 PUBLISHERS = 3
+SEGMENT_BYTES = int(os.environ.get("STREAMD_CRASH_SEGMENT_BYTES", "16384"))  # small: many segment rolls
 STARTUP_BOUND = scaled(10.0)  # seconds from spawn to ready, at most
 
 
@@ -370,7 +373,7 @@ class CrashLoopTest(unittest.TestCase):
         rng = random.Random(SEED)
         print("\ncrash loop: seed %d (STREAMD_CRASH_SEED=%d to repeat), %d cycles" % (SEED, SEED, CYCLES),
               file=sys.stderr, flush=True)
-        srv = Server(["--segment-bytes", "65536", "--dedup-window-ms", "86400000"], durability="always")
+        srv = Server(["--segment-bytes", str(SEGMENT_BYTES), "--dedup-window-ms", "86400000"], durability="always")
         self.addCleanup(srv.cleanup)
         srv.start()
         srv.create(STREAM, partitions=PARTITIONS, retention_hours=0)
@@ -399,6 +402,8 @@ class CrashLoopTest(unittest.TestCase):
                 break
             L.up.clear()
             srv.kill()
+            if rng.random() < 0.25:
+                self.kill_during_startup(srv, rng.uniform(0.0, scaled(0.03)))
             t_spawn = time.monotonic()
             try:
                 srv.start(timeout=STARTUP_BOUND)
@@ -449,6 +454,19 @@ class CrashLoopTest(unittest.TestCase):
               file=sys.stderr)
         print("crash loop: start-up (spawn to ready) min %.3fs median %.3fs max %.3fs"
               % (min(startups), statistics.median(startups), max(startups)), file=sys.stderr, flush=True)
+
+    def kill_during_startup(self, srv, delay):
+        """Starts the server on the same data and kills it after `delay`
+        seconds, most likely while it recovers."""
+        with open(srv.log_path, "ab") as log:
+            log.write(b"\n===== start to be killed during start-up =====\n")
+            log.flush()
+            proc = subprocess.Popen([harness.BIN, "--host", "127.0.0.1", "--port", str(harness.free_port()),
+                                     "--data-dir", srv.data_dir] + srv.extra_args,
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
 
     def check(self, srv, L, when):
         """Reads the whole stream and checks it against everything that was
