@@ -31,7 +31,8 @@ import struct
 import sys
 import unittest
 
-from harness import Server, short
+from harness import Server, scaled, short
+from wsclient import Closed, WsClient
 
 N_SEEDS = int(os.environ.get("STREAMD_CORRUPT_SEEDS", "3"))
 FIRST_SEED = int(os.environ.get("STREAMD_CORRUPT_SEED", str(random.SystemRandom().randrange(1 << 31))))
@@ -109,10 +110,12 @@ def cut(path, length):
 
 class CorruptTest(unittest.TestCase):
 
-    def setUp(self):
-        self.seeds = [FIRST_SEED + i for i in range(N_SEEDS)]
+    seeds = [FIRST_SEED + i for i in range(N_SEEDS)]
+
+    @classmethod
+    def setUpClass(cls):
         print("\ncorrupt: seeds %s (STREAMD_CORRUPT_SEED=%d STREAMD_CORRUPT_SEEDS=%d to repeat)"
-              % (self.seeds, FIRST_SEED, N_SEEDS), file=sys.stderr, flush=True)
+              % (cls.seeds, FIRST_SEED, N_SEEDS), file=sys.stderr, flush=True)
 
     # ---- helpers ------------------------------------------------------------------------
 
@@ -392,6 +395,46 @@ class CorruptTest(unittest.TestCase):
 
     # ---- media damage in old data: reported, never skipped silently ---------------------
 
+    def readers_stop_at(self, srv, p, off, published, ctx):
+        """A WebSocket subscriber and a consumer group reading partition p
+        from 0 get every record before `off` and are then stopped with an
+        error at `off`, never moved past it."""
+        first = srv.stats(STREAM)["partitions"][p]["min_offset"]
+        ws = WsClient.connect("127.0.0.1", srv.port, "/stream/%s/ws/w?partition=%d&from_offset=%d"
+                              % (STREAM, p, first), timeout=scaled(10))
+        got = []
+        try:
+            while True:
+                _, payload = ws.recv(timeout=scaled(10))
+                got.append(json.loads(payload))
+        except Closed as c:
+            self.assertEqual(c.code, 1011, ctx)
+            self.assertTrue(c.reason, ctx)
+        finally:
+            ws.close()
+        self.assertEqual([e["offset"] for e in got], list(range(first, off)), ctx + ": WebSocket")
+        for e in got:
+            self.assertEqual(e, published[(p, e["offset"])], ctx)
+        g = "g%d" % p
+        st, body = srv.post("/stream/%s/group/%s" % (STREAM, g), {"ack": "explicit"})
+        self.assertEqual(st, 201, body)
+        taken = []
+        for _ in range(100):
+            st, evs = srv.get("/stream/%s/group/%s/consume?consumer=c&limit=1000" % (STREAM, g))
+            if st != 200:
+                self.assertEqual((st, evs.get("error")), (500, "corrupt_record"), ctx)
+                break
+            taken += [(e["partition"], e["offset"]) for e in evs]
+            if evs:
+                st, _ = srv.post("/stream/%s/group/%s/ack" % (STREAM, g),
+                                 {"consumer": "c", "acks": [{"partition": e["partition"], "offset": e["offset"]}
+                                                           for e in evs]})
+                self.assertEqual(st, 200)
+        else:
+            self.fail(ctx + ": the group never met the damaged record")
+        mine = [o for (q, o) in taken if q == p]
+        self.assertEqual(mine, list(range(first, off)), ctx + ": group")
+
     def test_flipped_byte_in_old_segment_is_reported(self):
         for seed in self.seeds:
             rng = random.Random(seed)
@@ -431,6 +474,8 @@ class CorruptTest(unittest.TestCase):
             dmg = srv.stats(STREAM)["partitions"][p].get("damage")
             self.assertIsInstance(dmg, str, ctx + ": stats must show the damage: %s" % srv.stats(STREAM))
             self.assertIn("%020d.seg" % base if spot < 64 else str(off), dmg, ctx)
+            if not (spot < 64 and k == 0):
+                self.readers_stop_at(srv, p, off, published, ctx)
             # The damage stays reported after another restart.
             srv.stop()
             srv.start()

@@ -400,6 +400,10 @@ class CrashLoopTest(unittest.TestCase):
             delay = rng.choice((rng.uniform(0.0, 0.05), rng.uniform(0.1, 1.2), rng.uniform(0.1, 1.2)))
             if L.stop.wait(delay):
                 break
+            if not srv.running():
+                L.stop.set()
+                self.fail("seed %d, cycle %d: the server died by itself (exit %r):\n%s"
+                          % (SEED, cycle + 1, srv.proc.poll(), srv.log_tail()))
             L.up.clear()
             srv.kill()
             if rng.random() < 0.25:
@@ -445,6 +449,11 @@ class CrashLoopTest(unittest.TestCase):
         info = srv.get("/stream/%s/group/g/info" % STREAM)[1]
         self.assertEqual(info["pending_messages"], 0, info)
         srv.stop()
+        with open(srv.log_path, "rb") as f:
+            log = f.read().decode("utf-8", "replace")
+        for bad in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+            self.assertNotIn(bad, log, "seed %d: sanitizer report in the server log:\n%s"
+                             % (SEED, log[log.find(bad) - 2000:log.find(bad) + 3000]))
 
         ws_got = sum(t.received for t in threads if isinstance(t, WsSubscriber))
         print("crash loop: seed %d, %d kill -9 cycles survived in %.1fs; %d events acknowledged (%d checked), "
