@@ -1533,7 +1533,11 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
         SD_WARN("stream %s partition %u: torn tail of %s cut; the next offset is %llu", s->name, p->id, path,
                 (unsigned long long)(seg->base + seg->count));
     }
-    if (!last && fdatasync(seg->fd) != 0) {
+    /* A sealed segment with a valid index was synced before its index was
+     * written (sync_work); the others may hold data that never reached the
+     * disk, and their (possibly cut) contents must be durable before the
+     * partition's next offset is built on them. */
+    if (!last && !rep.used_index && fdatasync(seg->fd) != 0) {
       rc = -errno;
       sd_segment_unref(seg);
       goto out;
