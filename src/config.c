@@ -70,6 +70,8 @@ static const struct key keys[] = {
     {"allowed_origins", K_STR, F(allowed_origins), 0, 0,
      "comma-separated browser origins allowed besides same-host ones, * for any (default none)"},
     {"log_level", K_STR, F(log_level), 0, 0, "debug | info | warn | error (default info)"},
+    {"verify_on_start", K_BOOL, F(engine.verify_on_start), 0, 0,
+     "check every stored record's checksum in the background after start-up (default true)"},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

@@ -54,6 +54,7 @@ struct sd_engine_options {
   uint64_t dedup_window_ms;          /* idempotency window for event ids */
   uint32_t max_consumers_tracked;    /* per stream, oldest forgotten first */
   struct sd_stream_config defaults;  /* for streams created without settings */
+  int verify_on_start;               /* check every record of indexed segments in the background after start-up */
 };
 
 /* Fills o with the documented defaults (data_dir "./streamd-data"). */

@@ -31,7 +31,7 @@ import struct
 import sys
 import unittest
 
-from harness import Server, scaled, short
+from harness import Server, poll_until, scaled, short
 from wsclient import Closed, WsClient
 
 N_SEEDS = int(os.environ.get("STREAMD_CORRUPT_SEEDS", "3"))
@@ -207,7 +207,8 @@ class CorruptTest(unittest.TestCase):
             base, path = seg_files(self.part_dir(srv, p))[-1]
             recs = scan(read(path), base)
             self.assertTrue(recs)
-            at = rng.randrange(64, recs[-1][1] + recs[-1][2] + 1)
+            # Now and then inside the header: the file is set aside.
+            at = rng.randrange(0, 64) if rng.random() < 0.2 else rng.randrange(64, recs[-1][1] + recs[-1][2] + 1)
             kept = [o for o, pos, size in recs if pos + size <= at]
             self.restart_after(srv, lambda: cut(path, at), kill=seed % 2 == 0)
             ctx = "seed %d: newest segment %s of partition %d cut at %d" % (seed, path, p, at)
@@ -215,7 +216,10 @@ class CorruptTest(unittest.TestCase):
             keep[p] = [o for o in keep[p] if o < base] + kept
             self.assertEqual(srv.stats(STREAM)["partitions"][p]["max_offset"], (base + len(kept) - 1), ctx)
             self.check(srv, published, keep, ctx)
-            if not any(pos == at for _, pos, _ in recs) and at < recs[-1][1] + recs[-1][2]:
+            if at < 64:
+                self.expect_log(srv, r"%020d\.seg has a bad header" % base, ctx)
+                self.assertIn("damage", srv.stats(STREAM)["partitions"][p], ctx)
+            elif not any(pos == at for _, pos, _ in recs) and at < recs[-1][1] + recs[-1][2]:
                 self.expect_log(srv, r"torn tail of \S+%020d\.seg cut" % base, ctx)
             srv.stop()
 
@@ -461,6 +465,15 @@ class CorruptTest(unittest.TestCase):
             self.restart_after(srv, damage)
             ctx = "seed %d: byte %d of record %d in sealed segment %s flipped%s" % (
                 seed, spot, off, path, " and its index deleted" if drop_index else "")
+            # Found without any read: by recovery (a scan, a bad header) or by
+            # the check of indexed segments that runs after start-up.
+            poll_until(lambda: "start-up check:" in srv.log_since_start(), scaled(20), what="the start-up check")
+            if spot >= 64 and not drop_index:
+                self.assertRegex(srv.log_since_start(), r"ERROR.*start-up check: \d+ records checked in \d+ ms, [1-9]",
+                                 ctx)
+                self.assertRegex(srv.log_since_start(), r"ERROR stream %s partition %d: offset %d: checksum mismatch"
+                                 % (STREAM, p, off), ctx)
+            self.assertIn("damage", srv.stats(STREAM)["partitions"][p], ctx + ": before any read")
             keep = {q: [o for (pp, o) in published if pp == q and (q != p or o < off or o >= base + len(recs))]
                     for q in range(2)}
             self.check(srv, published, keep, ctx)
