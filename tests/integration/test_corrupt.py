@@ -468,7 +468,7 @@ class CorruptTest(unittest.TestCase):
             # Found without any read: by recovery (a scan, a bad header) or by
             # the check of indexed segments that runs after start-up.
             poll_until(lambda: "start-up check:" in srv.log_since_start(), scaled(20), what="the start-up check")
-            if spot >= 64 and not drop_index:
+            if spot >= 64 and not drop_index and off != base + len(recs) - 1:  # else recovery scans it
                 self.assertRegex(srv.log_since_start(), r"ERROR.*start-up check: \d+ records checked in \d+ ms, [1-9]",
                                  ctx)
                 self.assertRegex(srv.log_since_start(), r"ERROR stream %s partition %d: offset %d: checksum mismatch"
