@@ -1482,7 +1482,8 @@ struct verify_chain {
   struct sd_segment **segs;   /* the partition being checked (referenced) */
   uint64_t *bad;              /* per segment: first offset failing its check, UINT64_MAX: none */
   uint32_t nsegs, cap;
-  uint64_t checked, damaged;  /* records */
+  uint64_t checked;           /* records checked */
+  uint64_t damaged;           /* segments with a record that failed */
   uint64_t t0;
   atomic_int stop;
 };
