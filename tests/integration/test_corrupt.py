@@ -474,6 +474,10 @@ class CorruptTest(unittest.TestCase):
                 self.assertRegex(srv.log_since_start(), r"ERROR stream %s partition %d: offset %d: checksum mismatch"
                                  % (STREAM, p, off), ctx)
             self.assertIn("damage", srv.stats(STREAM)["partitions"][p], ctx + ": before any read")
+            _, _, metrics = srv.request_raw("GET", "/metrics")
+            m = re.search(r'^streamd_partition_damage_found\{stream="%s",partition="%d"\} (\d+)$' % (STREAM, p),
+                          metrics.decode(), re.M)
+            self.assertTrue(m and int(m.group(1)) >= 1, ctx + ": /metrics must count the damage")
             keep = {q: [o for (pp, o) in published if pp == q and (q != p or o < off or o >= base + len(recs))]
                     for q in range(2)}
             self.check(srv, published, keep, ctx)
