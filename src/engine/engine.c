@@ -1634,6 +1634,11 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
       unlinkat(dirfd(d), de->d_name, 0);
       continue;
     }
+    if (dot && strcmp(dot, ".damaged") == 0) {
+      /* set aside by an earlier start: still reported until removed */
+      note_damage(s, p, UINT64_MAX, "%s/%s was set aside as damaged", p->dir, de->d_name);
+      continue;
+    }
     if (dot == NULL || strcmp(dot, ".seg") != 0 || dot - de->d_name != 20) continue;
     if (nb == cap) {
       cap = cap ? cap * 2 : 16;

@@ -349,6 +349,21 @@ class CorruptTest(unittest.TestCase):
             self.assertIn("damage", srv.stats(STREAM)["partitions"][p], ctx)
             srv.stop()
 
+    def test_set_aside_first_segment_stays_reported(self):
+        rng = random.Random(self.seeds[0])
+        srv, published = self.fresh(rng, partitions=1, n=120)
+        base, path = seg_files(self.part_dir(srv, 0))[0]
+        n0 = len(scan(read(path), base))
+        self.restart_after(srv, lambda: cut(path, rng.randrange(0, 64)))
+        for restart in range(2):
+            poll_until(lambda: "start-up check:" in srv.log_since_start(), scaled(20), what="the start-up check")
+            part = srv.stats(STREAM)["partitions"][0]
+            self.assertEqual(part["min_offset"], n0, part)
+            self.assertIn("%020d.seg" % base, part.get("damage", ""), "restart %d: %s" % (restart, part))
+            srv.stop()
+            srv.start()
+        srv.stop()
+
     # ---- repeated crashes with damage, and the idempotency window ----------------------
 
     def test_repeated_kills_with_torn_tails_keep_ids_unique(self):
@@ -493,10 +508,10 @@ class CorruptTest(unittest.TestCase):
             self.assertIn("%020d.seg" % base if spot < 64 else str(off), dmg, ctx)
             if not (spot < 64 and k == 0):
                 self.readers_stop_at(srv, p, off, published, ctx)
-            # The damage stays reported after another restart.
+            # The damage stays reported after another restart, before any read.
             srv.stop()
             srv.start()
-            self.served(srv, p)
+            poll_until(lambda: "start-up check:" in srv.log_since_start(), scaled(20), what="the start-up check")
             self.assertIn("damage", srv.stats(STREAM)["partitions"][p], ctx + ", restarted")
             srv.stop()
 
