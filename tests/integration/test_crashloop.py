@@ -1,7 +1,10 @@
-"""Crash loop: a mixed load against the real binary in `always` mode while
-the server is killed with SIGKILL at random moments and restarted, many
-times (env STREAMD_CRASH_CYCLES, default 30; STREAMD_CRASH_SEED picks the
-seed, which is printed).
+"""Crash loop: a mixed load against the real binary in `always` mode (env
+STREAMD_CRASH_DURABILITY for another mode) while the server is killed with
+SIGKILL at random moments and restarted, many times (env
+STREAMD_CRASH_CYCLES, default 30; STREAMD_CRASH_SEED picks the seed, which
+is printed).  Segments are small (STREAMD_CRASH_SEGMENT_BYTES, default
+16 KiB), so kills also land in segment rolls; now and then a start is
+killed too, while the server recovers.
 
 The load:
 - publisher threads give every event an `id` and retry every request whose
@@ -9,9 +12,8 @@ The load:
   body, across restarts, until it is answered;
 - offset readers consume every partition from 0 and check that offsets are
   dense and that no offset ever changes content;
-- WebSocket subscribers (one per partition, one for the whole stream) that
+- WebSocket subscribers (one on partition 0, one on the whole stream) that
   reconnect after each restart from where they were;
-- now and then a start killed while the server recovers;
 - a shared consumer group with explicit acks, consumed and acked over HTTP
   by two consumers, retrying each ack until it is answered and recording
   every answered ack.
@@ -22,7 +24,8 @@ offset with its exact content; offsets are dense in every partition; each
 id is in the stream exactly once; every record anyone was served is still
 there with the same content; every served record is one that was
 published.  At all times: no event is delivered to the group after an ack
-of it was answered.  At the end the group drains: every record is acked.
+of it was answered.  At the end the group drains: every record is acked,
+and the server log holds no sanitizer report.
 """
 
 import http.client
