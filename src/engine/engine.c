@@ -1667,6 +1667,26 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
       continue;
     }
     if (rc != 0) goto out;
+    if (last && seg->count == 0 && p->nsegs > 0 && seg->base > expect) {
+      /* The newest segment holds no record and starts past the end of the
+       * one before: a crash during a roll, before the records that filled
+       * the older segment were written (in `always` mode they wait in
+       * memory for their sync: never acknowledged, never visible).
+       * Nothing exists at or after `expect`, so the partition goes on from
+       * there, as after a torn tail, instead of keeping a gap that would
+       * stop every reader.  The empty file goes; a new one is made below. */
+      SD_WARN("stream %s partition %u: offsets %llu..%llu were never written before the empty segment %s (a crash "
+              "during a roll); the next offset is %llu",
+              s->name, p->id, (unsigned long long)expect, (unsigned long long)seg->base - 1, path,
+              (unsigned long long)expect);
+      sd_segment_unref(seg);
+      if (unlink(path) != 0) {
+        rc = -errno;
+        goto out;
+      }
+      p->dir_dirty = 1;
+      continue;
+    }
     if (p->nsegs > 0 && seg->base != expect) {
       note_damage(s, p, UINT64_MAX, "offsets %llu..%llu are missing before segment %s", (unsigned long long)expect,
                   (unsigned long long)seg->base - 1, path);

@@ -282,6 +282,39 @@ class CorruptTest(unittest.TestCase):
             self.assertEqual(got[max(got)]["data"], "after", ctx)
             srv.stop()
 
+    def test_empty_newest_segment_past_the_end(self):
+        """What a kill during a segment roll leaves in `always` mode: the new
+        segment exists (its header written) while the last records of the
+        older one were still waiting in memory for their sync.  Nothing is
+        lost that was ever written, so the partition must go on from the
+        older segment's end, with no gap to stop readers."""
+        for seed in self.seeds:
+            rng = random.Random(seed)
+            srv, published = self.fresh(rng, partitions=1, n=100)
+            base, path = seg_files(self.part_dir(srv, 0))[-1]
+            end = base + len(scan(read(path), base))
+            new_base = end + rng.randrange(1, 4)
+            new = os.path.join(self.part_dir(srv, 0), "%020d.seg" % new_base)
+
+            def damage():
+                head = struct.pack("<8sIIQQ", b"SDSEG\0v1", 1, 0, new_base, 1)
+                with open(new, "wb") as f:
+                    f.write(head + struct.pack("<I", crc32c(head)) + b"\0" * 28)
+                    f.truncate(SEG_BYTES)
+            self.restart_after(srv, damage, kill=True)
+            ctx = "seed %d: empty segment %d after the end %d" % (seed, new_base, end)
+            self.expect_log(srv, r"offsets %d\.\.%d were never written before the empty segment" % (end, new_base - 1),
+                            ctx)
+            self.assertEqual(srv.stats(STREAM)["partitions"][0]["max_offset"], end - 1, ctx)
+            self.check(srv, published, {0: [o for (_, o) in published]}, ctx)
+            got, refused = self.served(srv, 0)
+            self.assertEqual((sorted(got), refused), (list(range(end + 1)), []), ctx)
+            self.assertNotIn("damage", srv.stats(STREAM)["partitions"][0], ctx)
+            srv.stop()
+            srv.start()
+            self.assertEqual(self.served(srv, 0)[0][end]["data"], "after", ctx)
+            srv.stop()
+
     # ---- sealed segments and index files ---------------------------------------------------
 
     def test_index_cut_or_deleted(self):

@@ -491,7 +491,14 @@ class CrashLoopTest(unittest.TestCase):
         log = []
         ids = {}
         for p in range(PARTITIONS):
-            evs = srv.consume_all(STREAM, partition=p)
+            try:
+                evs = srv.consume_all(STREAM, partition=p)
+            except AssertionError as e:
+                with open(srv.log_path, "rb") as f:
+                    notes = [ln for ln in f.read().decode("utf-8", "replace").splitlines()
+                             if " ERROR " in ln or " WARN " in ln or ln.startswith("=====")]
+                self.fail("seed %d, %s: %s\nserver log (warnings, errors, starts):\n%s"
+                          % (SEED, when, e, "\n".join(notes[-60:])))
             offs = [e["offset"] for e in evs]
             self.assertEqual(offs, list(range(len(evs))),
                              "seed %d, %s: partition %d offsets not dense from 0" % (SEED, when, p))
