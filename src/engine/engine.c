@@ -658,6 +658,19 @@ static int roll(struct sd_stream *s, struct partition *p, uint64_t record_bytes)
   int rc;
   uint64_t size = e->o.segment_bytes;
   if (record_bytes + SD_SEG_HEADER_BYTES > size) size = (record_bytes + SD_SEG_HEADER_BYTES + 4095) & ~(uint64_t)4095;
+  /* Records gathered for the active segment reach its file before the next
+   * segment file exists: a crash of the process can then cut only the
+   * newest segment's tail, never leave unwritten offsets before a newer
+   * segment.  (The sync job still syncs them before they become visible.)
+   * A segment that is sealed never gathers again: its buffer goes. */
+  struct sd_segment *cur = active_seg(p);
+  if (cur->count > 0) {
+    if ((rc = sd_segment_flush(cur)) != 0) {
+      set_read_only(s, p, "write", rc);
+      return rc;
+    }
+    sd_buf_free(&cur->stage);
+  }
   snprintf(pre, sizeof(pre), "%s/prealloc.tmp", p->dir);
   if (p->prealloc == PREALLOC_READY && size == e->o.segment_bytes) {
     p->prealloc = PREALLOC_NONE;

@@ -7,8 +7,9 @@ is printed).  Segments are small (STREAMD_CRASH_SEGMENT_BYTES, default
 killed too, while the server recovers.
 
 The load:
-- publisher threads give every event an `id` and retry every request whose
-  answer they did not get (refused, reset, timeout, 5xx), with the same
+- publisher threads give every event an `id` (single events, small
+  batches, now and then a batch larger than a segment) and retry every
+  request whose answer they did not get (refused, reset, timeout, 5xx), with the same
   body, across restarts, until it is answered;
 - offset readers consume every partition from 0 and check that offsets are
   dense and that no offset ever changes content;
@@ -169,7 +170,9 @@ class Publisher(threading.Thread):
         L = self.load
         path = "/stream/%s/publish" % STREAM
         while not L.stop.is_set():
-            evs = [self.make() for _ in range(self.rng.choice((1, 1, 1, 3)))]
+            # Now and then a batch larger than a segment: it rolls more than once.
+            n = 80 if self.rng.random() < 0.04 else self.rng.choice((1, 1, 1, 3))
+            evs = [self.make() for _ in range(n)]
             with L.lock:
                 for ev in evs:
                     L.sent[ev["id"]] = ev
