@@ -53,7 +53,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
-from wsclient import WSClient, WSClosed  # noqa: E402
+from wsclient import Closed as WSClosed, WsClient  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -194,7 +194,7 @@ class Soak:
             conn.close()
 
     def subscriber(self, n, stream, reconnect_s):
-        ws = WSClient(HOST, self.port, "/stream/%s/ws/w%d" % (stream, n))
+        ws = WsClient.connect(HOST, self.port, "/stream/%s/ws/w%d" % (stream, n))
         last = {}
         t_end = time.monotonic() + reconnect_s if reconnect_s else None
         try:
@@ -202,7 +202,7 @@ class Soak:
                 if t_end and time.monotonic() > t_end:
                     self.st.count("ws_reconnects")
                     return
-                m = ws.recv(timeout=0.5)
+                m = ws.recv_text(timeout=0.5)
                 if m is None:
                     continue
                 ev = json.loads(m)
@@ -243,12 +243,12 @@ class Soak:
             st, _ = self.req("POST", "/stream/" + name, {"partitions": 2})
             if st != 201:
                 self.st.error("churn create %d" % st)
-            ws = WSClient(HOST, self.port, "/stream/%s/ws/x?from_offset=0" % name)
+            ws = WsClient.connect(HOST, self.port, "/stream/%s/ws/x?from_offset=0" % name)
             for k in range(20):
                 self.req("POST", "/stream/%s/publish" % name, {"event": "c", "data": k})
             got = 0
             while got < 20:
-                if ws.recv(timeout=5) is None:
+                if ws.recv_text(timeout=5) is None:
                     self.st.error("churn subscriber got %d of 20" % got)
                     break
                 got += 1
@@ -256,7 +256,7 @@ class Soak:
             if st != 200:
                 self.st.error("churn delete %d" % st)
             try:
-                while ws.recv(timeout=5) is not None:
+                while ws.recv_text(timeout=5) is not None:
                     pass
             except WSClosed as e:
                 if e.code != 4404:

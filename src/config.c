@@ -81,6 +81,8 @@ static const struct key keys[] = {
      "without keys, refuse to listen on a non-loopback host (default true)"},
     {"tls_cert_file", K_STR, F(tls_cert_file), 0, 0, "PEM certificate chain: serve HTTPS and WSS (default none)"},
     {"tls_key_file", K_STR, F(tls_key_file), 0, 0, "PEM private key of tls_cert_file (default none)"},
+    {"verify_on_start", K_BOOL, F(engine.verify_on_start), 0, 0,
+     "check every stored record's checksum in the background after start-up (default true)"},
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
 

@@ -54,6 +54,7 @@ struct sd_engine_options {
   uint64_t dedup_window_ms;          /* idempotency window for event ids */
   uint32_t max_consumers_tracked;    /* per stream, oldest forgotten first */
   struct sd_stream_config defaults;  /* for streams created without settings */
+  int verify_on_start;               /* check every record of indexed segments in the background after start-up */
 };
 
 /* Fills o with the documented defaults (data_dir "./streamd-data"). */
@@ -84,6 +85,7 @@ struct sd_partition_stat {
   uint64_t bytes;        /* bytes of record data held on disk */
   uint32_t segments;
   int read_only;         /* a failed sync stopped writes; reason in sd_stream_read_only_reason */
+  uint64_t damage_found; /* damage found in its files since start-up; the first in sd_stream_damage */
 };
 
 struct sd_stream_stat {
@@ -255,6 +257,11 @@ void sd_stream_consumers_foreach(struct sd_stream *s, void (*fn)(void *arg, cons
 
 /* Why a partition stopped accepting writes, or NULL. */
 const char *sd_stream_read_only_reason(const struct sd_stream *s, uint32_t partition);
+
+/* The first damage found in a partition's files since start-up (by
+ * recovery, or by a read that met a record failing its checksum or lost
+ * to damage), or NULL.  Owned by the stream; valid while it exists. */
+const char *sd_stream_damage(const struct sd_stream *s, uint32_t partition);
 
 /* Milliseconds since the epoch, from the wall clock. */
 uint64_t sd_now_ms(void);

@@ -37,6 +37,8 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +71,9 @@ struct partition {
   int reserving;        /* a reserve job runs for the active segment */
   int staging;          /* always mode: appends are written in one run before each sync */
   char *ro_reason;      /* non-NULL: read-only after a failed sync */
+  char *damage;         /* non-NULL: the first damage found in its files (recovery or a read), kept until exit */
+  uint64_t damage_found; /* damage findings since start-up */
+  uint64_t damage_last;  /* offset of the last damaged record a read met (UINT64_MAX: none), logged once */
   /* batch rollback marks */
   uint32_t mark_nsegs, mark_count;
   uint64_t mark_next, mark_bytes, mark_ts;
@@ -150,6 +155,7 @@ struct sd_engine {
   uint64_t meta_gen_wanted, meta_gen_written; /* under meta_lock */
   int jobs_running;
   int closing;
+  struct verify_chain *verify; /* the start-up check of indexed segments, while it runs */
   uint64_t trash_seq;
   int lock_fd;                /* flock'd <data>/LOCK: one server per directory */
   struct sd_hist sync_hist;   /* sync job durations, folded in by sync_after */
@@ -173,6 +179,7 @@ void sd_engine_options_default(struct sd_engine_options *o) {
   o->max_consumers_tracked = 10000;
   o->defaults.partitions = 1;
   o->defaults.retention_hours = 24;
+  o->verify_on_start = 1;
 }
 
 int sd_name_check(const char *name, size_t len) {
@@ -693,6 +700,19 @@ static int roll(struct sd_stream *s, struct partition *p, uint64_t record_bytes)
   int rc;
   uint64_t size = e->o.segment_bytes;
   if (record_bytes + SD_SEG_HEADER_BYTES > size) size = (record_bytes + SD_SEG_HEADER_BYTES + 4095) & ~(uint64_t)4095;
+  /* Records gathered for the active segment reach its file before the next
+   * segment file exists: a crash of the process can then cut only the
+   * newest segment's tail, never leave unwritten offsets before a newer
+   * segment.  (The sync job still syncs them before they become visible.)
+   * A segment that is sealed never gathers again: its buffer goes. */
+  struct sd_segment *cur = active_seg(p);
+  if (cur->count > 0) {
+    if ((rc = sd_segment_flush(cur)) != 0) {
+      set_read_only(s, p, "write", rc);
+      return rc;
+    }
+    sd_buf_free(&cur->stage);
+  }
   snprintf(pre, sizeof(pre), "%s/prealloc.tmp", p->dir);
   if (p->prealloc == PREALLOC_READY && size == e->o.segment_bytes) {
     p->prealloc = PREALLOC_NONE;
@@ -742,13 +762,34 @@ static uint32_t seg_for(const struct partition *p, uint64_t offset) {
   return lo;
 }
 
+/* Notes damage found in a partition's files: logged at error level, counted,
+ * and the first finding kept for stats (sd_stream_damage).  Reads that meet
+ * the same damaged offset again are not logged again. */
+static void note_damage(const struct sd_stream *s, struct partition *p, uint64_t offset, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void note_damage(const struct sd_stream *s, struct partition *p, uint64_t offset, const char *fmt, ...) {
+  char buf[PATH_MAX + 256];
+  va_list ap;
+  if (offset != UINT64_MAX && offset == p->damage_last) return;
+  p->damage_last = offset;
+  va_start(ap, fmt);
+  vsnprintf(buf, sizeof(buf), fmt, ap);
+  va_end(ap);
+  p->damage_found++;
+  if (p->damage == NULL) p->damage = strdup(buf); /* no memory: still logged and counted */
+  SD_ERROR("stream %s partition %u: %s", s->name, p->id, buf);
+}
+
 /* Record at offset (below visible_next): 0, SD_E_CORRUPT (checksum or a gap
- * left by damage). */
-static int record_at(const struct partition *p, uint64_t offset, struct sd_record *rec) {
+ * left by damage, noted). */
+static int record_at(const struct sd_stream *s, struct partition *p, uint64_t offset, struct sd_record *rec) {
   const struct sd_segment *seg = p->segs[seg_for(p, offset)];
   int64_t i = sd_segment_find(seg, offset);
-  if (i < 0) return SD_E_CORRUPT;
-  return sd_segment_record(seg, (uint32_t)i, rec);
+  int rc = i < 0 ? SD_E_CORRUPT : sd_segment_record(seg, (uint32_t)i, rec);
+  if (rc == SD_E_CORRUPT)
+    note_damage(s, p, offset, "offset %llu: %s; not served", (unsigned long long)offset,
+                i < 0 ? "missing (lost to damage)" : "checksum mismatch");
+  return rc;
 }
 
 static inline uint64_t min_offset(const struct partition *p) { return p->segs[0]->base; }
@@ -764,6 +805,7 @@ static void stream_free(struct sd_stream *s) {
       free(pt->segs);
       free(pt->dir);
       free(pt->ro_reason);
+      free(pt->damage);
     }
   }
   for (uint32_t i = 0; i < s->ring_len; i++) free(s->ring[(s->ring_head + i) % s->ring_cap].id);
@@ -820,6 +862,7 @@ static struct sd_stream *stream_alloc(struct sd_engine *e, const char *name, con
     char num[16];
     snprintf(num, sizeof(num), "%u", p);
     s->parts[p].id = p;
+    s->parts[p].damage_last = UINT64_MAX;
     s->parts[p].staging = e->o.durability == SD_DURABILITY_ALWAYS;
     s->parts[p].dir = path_join(s->dir, num);
     if (s->parts[p].dir == NULL) {
@@ -1034,7 +1077,12 @@ int sd_stream_partition_stat(const struct sd_stream *s, uint32_t partition, stru
   out->bytes = p->bytes;
   out->segments = p->nsegs;
   out->read_only = p->ro_reason != NULL;
+  out->damage_found = p->damage_found;
   return 0;
+}
+
+const char *sd_stream_damage(const struct sd_stream *s, uint32_t partition) {
+  return partition < s->cfg.partitions ? s->parts[partition].damage : NULL;
 }
 
 const char *sd_stream_read_only_reason(const struct sd_stream *s, uint32_t partition) {
@@ -1276,8 +1324,8 @@ int sd_stream_read(struct sd_stream *s, uint32_t partition, uint64_t from, uint3
     int64_t i = sd_segment_find(seg, off);
     int rc = i < 0 ? SD_E_CORRUPT : sd_segment_record(seg, (uint32_t)i, &rec);
     if (rc != 0) {
-      SD_ERROR("stream %s partition %u offset %llu: %s", s->name, partition, (unsigned long long)off,
-               i < 0 ? "missing (damaged segment)" : "checksum mismatch");
+      note_damage(s, p, off, "offset %llu: %s; not served", (unsigned long long)off,
+                  i < 0 ? "missing (lost to damage)" : "checksum mismatch");
       return n ? (int)n : rc;
     }
     if (n > 0 && bytes + rec.json_len > max_bytes) break;
@@ -1304,7 +1352,7 @@ int sd_stream_resolve_all(struct sd_stream *s, int64_t from, uint64_t *pos) {
     struct partition *pt = &s->parts[p];
     pos[p] = pt->visible_next;
     cur[p].json = NULL;
-    if (pos[p] > min_offset(pt) && (rc = record_at(pt, pos[p] - 1, &cur[p])) != 0) return rc;
+    if (pos[p] > min_offset(pt) && (rc = record_at(s, pt, pos[p] - 1, &cur[p])) != 0) return rc;
   }
   while (want > 0) {
     int best = -1;
@@ -1317,7 +1365,7 @@ int sd_stream_resolve_all(struct sd_stream *s, int64_t from, uint64_t *pos) {
     pos[best]--;
     want--;
     cur[best].json = NULL;
-    if (pos[best] > min_offset(pt) && (rc = record_at(pt, pos[best] - 1, &cur[best])) != 0) return rc;
+    if (pos[best] > min_offset(pt) && (rc = record_at(s, pt, pos[best] - 1, &cur[best])) != 0) return rc;
   }
   return 0;
 }
@@ -1334,7 +1382,7 @@ int sd_stream_read_merged(struct sd_stream *s, int64_t from, uint32_t limit, siz
   /* Forward merge by (timestamp, partition). */
   for (uint32_t p = 0; p < np; p++) {
     cur[p].json = NULL;
-    if (pos[p] < s->parts[p].visible_next && (rc = record_at(&s->parts[p], pos[p], &cur[p])) != 0) return rc;
+    if (pos[p] < s->parts[p].visible_next && (rc = record_at(s, &s->parts[p], pos[p], &cur[p])) != 0) return rc;
   }
   while (n < limit) {
     int best = -1;
@@ -1350,7 +1398,7 @@ int sd_stream_read_merged(struct sd_stream *s, int64_t from, uint32_t limit, siz
     if (fn(arg, &rec) != 0) break;
     pos[best]++;
     cur[best].json = NULL;
-    if (pos[best] < s->parts[best].visible_next && (rc = record_at(&s->parts[best], pos[best], &cur[best])) != 0)
+    if (pos[best] < s->parts[best].visible_next && (rc = record_at(s, &s->parts[best], pos[best], &cur[best])) != 0)
       return (int)n;
   }
   return (int)n;
@@ -1491,6 +1539,144 @@ static void on_retention(uv_timer_t *t) {
   }
 }
 
+/* ---- start-up check of indexed segments ------------------------------------------ */
+
+/* A sealed segment loaded from its index had only its last record checked
+ * by recovery.  After start-up, one partition at a time (one thread of the
+ * pool, so syncs keep the others), every record of those segments is
+ * checked against its CRC; damage is noted (logged, shown in stats) like
+ * damage found by a read.  The chain holds a reference on each stream it
+ * will visit and on the segments of the partition being checked, so
+ * deletion and retention may go on meanwhile; sd_engine_close stops it. */
+struct verify_chain {
+  uv_work_t req;
+  struct sd_engine *e;
+  struct sd_stream **streams; /* referenced */
+  uint32_t nstreams, si, pi;  /* next: stream si, partition pi */
+  struct sd_segment **segs;   /* the partition being checked (referenced) */
+  uint64_t *bad;              /* per segment: first offset failing its check, UINT64_MAX: none */
+  uint32_t nsegs, cap;
+  uint64_t checked;           /* records checked */
+  uint64_t damaged;           /* segments with a record that failed */
+  uint64_t t0;
+  atomic_int stop;
+};
+
+static void verify_work(uv_work_t *req) {
+  struct verify_chain *v = req->data;
+  for (uint32_t k = 0; k < v->nsegs; k++) {
+    const struct sd_segment *seg = v->segs[k];
+    v->bad[k] = UINT64_MAX;
+    for (uint32_t i = 0; i < seg->count; i++) {
+      struct sd_record rec;
+      if ((i & 1023) == 0 && atomic_load_explicit(&v->stop, memory_order_relaxed)) return;
+      v->checked++;
+      if (sd_segment_record(seg, i, &rec) != 0) {
+        v->bad[k] = seg->base + i;
+        v->damaged++;
+        break;
+      }
+    }
+  }
+}
+
+static void verify_next(struct verify_chain *v);
+
+static void verify_after(uv_work_t *req, int status) {
+  struct verify_chain *v = req->data;
+  struct sd_stream *s = v->streams[v->si];
+  (void)status;
+  for (uint32_t k = 0; k < v->nsegs; k++) {
+    if (v->bad[k] != UINT64_MAX && !s->deleted && !atomic_load(&v->stop))
+      note_damage(s, &s->parts[v->pi], v->bad[k], "offset %llu: checksum mismatch in %s (start-up check); not served",
+                  (unsigned long long)v->bad[k], v->segs[k]->path);
+    sd_segment_unref(v->segs[k]);
+  }
+  v->nsegs = 0;
+  v->e->jobs_running--;
+  if (++v->pi >= s->cfg.partitions) {
+    v->pi = 0;
+    v->si++;
+  }
+  verify_next(v);
+}
+
+/* Queues the check of the next partition that has unchecked segments, or
+ * ends the chain. */
+static void verify_next(struct verify_chain *v) {
+  struct sd_engine *e = v->e;
+  while (!e->closing && !atomic_load(&v->stop) && v->si < v->nstreams) {
+    struct sd_stream *s = v->streams[v->si];
+    struct partition *p = &s->parts[v->pi];
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < p->nsegs && !s->deleted; i++) n += p->segs[i]->unchecked;
+    if (n > v->cap) {
+      struct sd_segment **ns = realloc(v->segs, n * sizeof(*ns));
+      if (ns) v->segs = ns;
+      uint64_t *nb = ns ? realloc(v->bad, n * sizeof(*nb)) : NULL;
+      if (nb) v->bad = nb;
+      if (!ns || !nb) break; /* no memory: the check ends here, reads still check */
+      v->cap = n;
+    }
+    if (n > 0) {
+      for (uint32_t i = 0; i < p->nsegs; i++) {
+        struct sd_segment *seg = p->segs[i];
+        if (!seg->unchecked) continue;
+        seg->unchecked = 0;
+        sd_segment_ref(seg);
+        v->segs[v->nsegs++] = seg;
+      }
+      e->jobs_running++;
+      v->req.data = v;
+      SD_ASSERT(uv_queue_work(e->loop, &v->req, verify_work, verify_after) == 0);
+      return;
+    }
+    if (++v->pi >= s->cfg.partitions) {
+      v->pi = 0;
+      v->si++;
+    }
+  }
+  if (!e->closing && !atomic_load(&v->stop)) {
+    if (v->damaged)
+      SD_ERROR("start-up check: %llu records checked in %llu ms, %llu damaged segment(s) found (see above)",
+               (unsigned long long)v->checked, (unsigned long long)(sd_now_ms() - v->t0),
+               (unsigned long long)v->damaged);
+    else
+      SD_INFO("start-up check: %llu records checked in %llu ms, no damage", (unsigned long long)v->checked,
+              (unsigned long long)(sd_now_ms() - v->t0));
+  }
+  for (uint32_t i = 0; i < v->nstreams; i++) sd_stream_unref(v->streams[i]);
+  free(v->streams);
+  free(v->segs);
+  free(v->bad);
+  e->verify = NULL;
+  free(v);
+}
+
+/* Starts the check of every stream loaded at start-up.  Without memory it
+ * is skipped (reads still check every record they serve). */
+static void verify_start(struct sd_engine *e) {
+  struct verify_chain *v = calloc(1, sizeof(*v));
+  size_t n = json_object_size(e->streams);
+  if (v == NULL || (n && (v->streams = calloc(n, sizeof(*v->streams))) == NULL)) {
+    free(v);
+    SD_WARN("start-up check of stored records skipped: no memory");
+    return;
+  }
+  const char *key;
+  json_t *val;
+  json_object_foreach(e->streams, key, val) {
+    struct sd_stream *s = (struct sd_stream *)(uintptr_t)json_integer_value(val);
+    sd_stream_ref(s);
+    v->streams[v->nstreams++] = s;
+  }
+  v->e = e;
+  v->t0 = sd_now_ms();
+  atomic_init(&v->stop, 0);
+  e->verify = v;
+  verify_next(v);
+}
+
 /* ---- recovery ------------------------------------------------------------------ */
 
 static int cmp_u64(const void *a, const void *b) {
@@ -1522,6 +1708,11 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
       unlinkat(dirfd(d), de->d_name, 0);
       continue;
     }
+    if (dot && strcmp(dot, ".damaged") == 0) {
+      /* set aside by an earlier start: still reported until removed */
+      note_damage(s, p, UINT64_MAX, "%s/%s was set aside as damaged", p->dir, de->d_name);
+      continue;
+    }
     if (dot == NULL || strcmp(dot, ".seg") != 0 || dot - de->d_name != 20) continue;
     if (nb == cap) {
       cap = cap ? cap * 2 : 16;
@@ -1544,26 +1735,49 @@ static int recover_partition(struct sd_stream *s, struct partition *p) {
     sd_segment_path(path, sizeof(path), p->dir, bases[i], "seg");
     rc = sd_segment_open(path, p->id, bases[i], last, SD_SEG_MAX_BYTES, &seg, &rep);
     if (rc == SD_E_CORRUPT_FILE) {
-      SD_ERROR("stream %s partition %u: segment %s has a bad header", s->name, p->id, path);
+      note_damage(s, p, UINT64_MAX, "segment %s has a bad header", path);
       set_aside(path);
       rc = 0;
       continue;
     }
     if (rc != 0) goto out;
+    if (last && seg->count == 0 && p->nsegs > 0 && seg->base > expect) {
+      /* The newest segment holds no record and starts past the end of the
+       * one before: a crash during a roll, before the records that filled
+       * the older segment were written (in `always` mode they wait in
+       * memory for their sync: never acknowledged, never visible).
+       * Nothing exists at or after `expect`, so the partition goes on from
+       * there, as after a torn tail, instead of keeping a gap that would
+       * stop every reader.  The empty file goes; a new one is made below. */
+      SD_WARN("stream %s partition %u: offsets %llu..%llu were never written before the empty segment %s (a crash "
+              "during a roll); the next offset is %llu",
+              s->name, p->id, (unsigned long long)expect, (unsigned long long)seg->base - 1, path,
+              (unsigned long long)expect);
+      sd_segment_unref(seg);
+      if (unlink(path) != 0) {
+        rc = -errno;
+        goto out;
+      }
+      p->dir_dirty = 1;
+      continue;
+    }
     if (p->nsegs > 0 && seg->base != expect) {
-      SD_ERROR("stream %s partition %u: offsets %llu..%llu are missing before segment %s", s->name, p->id,
-               (unsigned long long)expect, (unsigned long long)seg->base - 1, path);
+      note_damage(s, p, UINT64_MAX, "offsets %llu..%llu are missing before segment %s", (unsigned long long)expect,
+                  (unsigned long long)seg->base - 1, path);
     }
     if (rep.cut_bytes) {
       if (rep.damaged)
-        SD_ERROR("stream %s partition %u: damage in sealed segment %s from offset %llu on; %llu bytes unreadable",
-                 s->name, p->id, path, (unsigned long long)(seg->base + seg->count),
-                 (unsigned long long)rep.cut_bytes);
+        note_damage(s, p, UINT64_MAX, "damage in sealed segment %s from offset %llu on; %llu bytes unreadable", path,
+                    (unsigned long long)(seg->base + seg->count), (unsigned long long)rep.cut_bytes);
       else
         SD_WARN("stream %s partition %u: torn tail of %s cut; the next offset is %llu", s->name, p->id, path,
                 (unsigned long long)(seg->base + seg->count));
     }
-    if (!last && fdatasync(seg->fd) != 0) {
+    /* A sealed segment with a valid index was synced before its index was
+     * written (sync_work); the others may hold data that never reached the
+     * disk, and their (possibly cut) contents must be durable before the
+     * partition's next offset is built on them. */
+    if (!last && !rep.used_index && fdatasync(seg->fd) != 0) {
       rc = -errno;
       sd_segment_unref(seg);
       goto out;
@@ -1797,6 +2011,7 @@ int sd_engine_open(uv_loop_t *loop, const struct sd_engine_options *o, struct sd
   if (o->durability == SD_DURABILITY_INTERVAL)
     uv_timer_start(&e->interval_timer, on_interval, o->interval_ms, o->interval_ms);
   SD_INFO("data directory %s: %zu stream(s) recovered", e->data_dir, loaded);
+  if (o->verify_on_start) verify_start(e);
   *out = e;
   return 0;
 
@@ -1832,6 +2047,7 @@ const struct sd_hist *sd_engine_sync_latency(const struct sd_engine *e) { return
 int sd_engine_close(struct sd_engine *e) {
   int first_err = 0;
   e->closing = 1;
+  if (e->verify) atomic_store(&e->verify->stop, 1);
   uv_timer_stop(&e->retention_timer);
   uv_timer_stop(&e->interval_timer);
   /* Let running jobs finish; then sync what is left, on this thread. */

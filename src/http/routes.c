@@ -550,6 +550,11 @@ static void handle_stats(struct sd_req *req, struct sd_stream *s) {
       SD_BUF_LIT(b, ",\"read_only\":");
       sd_json_str(b, ro, strlen(ro));
     }
+    const char *dmg = sd_stream_damage(s, p);
+    if (dmg) {
+      SD_BUF_LIT(b, ",\"damage\":");
+      sd_json_str(b, dmg, strlen(dmg));
+    }
     SD_BUF_LIT(b, "}");
   }
   SD_BUF_LIT(b, "]}");
@@ -1514,7 +1519,7 @@ struct metric_ctx {
 enum { SCOPE_STREAM, SCOPE_PARTITION, SCOPE_GROUP };
 enum {
   M_PUBLISHED, M_CONSUMED, M_SUBSCRIBERS, M_EVENTS, M_BYTES, M_MIN, M_MAX, M_SEGMENTS, M_READ_ONLY,
-  M_GROUP_LAG, M_GROUP_PENDING, M_GROUP_DEAD
+  M_DAMAGE, M_GROUP_LAG, M_GROUP_PENDING, M_GROUP_DEAD
 };
 
 static const struct metric metrics[] = {
@@ -1532,6 +1537,8 @@ static const struct metric metrics[] = {
     {"streamd_partition_segments", "gauge", "Segment files of the partition.", SCOPE_PARTITION, M_SEGMENTS},
     {"streamd_partition_read_only", "gauge", "1 when a failed sync stopped writes to the partition.", SCOPE_PARTITION,
      M_READ_ONLY},
+    {"streamd_partition_damage_found", "gauge", "Damage found in the partition's files since start-up.",
+     SCOPE_PARTITION, M_DAMAGE},
     {"streamd_group_lag_events", "gauge", "Events of the stream after the group's committed offsets.", SCOPE_GROUP,
      M_GROUP_LAG},
     {"streamd_group_pending_events", "gauge", "Events delivered to the group and not yet settled.", SCOPE_GROUP,
@@ -1587,6 +1594,7 @@ static void metric_samples(void *arg, struct sd_stream *s) {
     case M_MIN: v = (long long)ps.min_offset; break;
     case M_MAX: v = max_offset(&ps); break;
     case M_SEGMENTS: v = ps.segments; break;
+    case M_DAMAGE: v = (long long)ps.damage_found; break;
     default: v = ps.read_only; break;
     }
     sd_buf_printf(b, "%s{stream=\"%s\",partition=\"%u\"} %lld\n", x->m->name, name, p, v);

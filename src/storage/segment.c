@@ -372,6 +372,7 @@ int sd_segment_open(const char *path, uint32_t partition, uint64_t base, int las
     }
   } else {
     rep->used_index = 1;
+    seg->unchecked = 1;
   }
   seg->sealed = !last;
   *out = seg;

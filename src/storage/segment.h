@@ -47,6 +47,7 @@ struct sd_segment {
   int sealed;          /* no more appends; index file may be written */
   int synced;          /* sealed and its data synced (index written or tried) */
   int in_job;          /* held by a running sync job */
+  int unchecked;       /* loaded from its .idx: its records (but the last) were not checked at start-up */
   int refs;
   char *path;          /* "<dir>/<base:020>.seg" */
 };

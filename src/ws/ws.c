@@ -63,6 +63,8 @@ struct sd_ws_conn {
   int tls_fd;         /* TLS: the TCP socket MHD relays to fd; -1 without TLS */
   int upgraded;
   int closing;        /* a close frame is queued; end once it is sent */
+  uint16_t end_code;  /* non-zero: close with this once the queued events are sent */
+  char end_reason[124];   /* the close reason, kept until the queue is sent (at most 123 bytes) */
   int dead;           /* destruction started */
   int awaiting_pong;
   int close_ticks;
@@ -95,6 +97,7 @@ struct sd_ws_conn {
 
 static void conn_update(struct sd_ws_conn *c);
 static void conn_close(struct sd_ws_conn *c, uint16_t code, const char *reason);
+static void conn_close_after_queue(struct sd_ws_conn *c, uint16_t code, const char *reason);
 static void conn_destroy(struct sd_ws_conn *c);
 
 /* ---- handshake ---------------------------------------------------------- */
@@ -407,7 +410,7 @@ static void group_refill(struct sd_ws_conn *c) {
     if (n < 0) {
       char reason[120];
       snprintf(reason, sizeof(reason), "read failed: %s", sd_strerror(n));
-      conn_close(c, 1011, reason);
+      conn_close_after_queue(c, 1011, n == SD_E_CORRUPT ? "the next stored record is damaged" : reason);
       return;
     }
     if (n == 0) {
@@ -425,6 +428,11 @@ static void conn_refill(struct sd_ws_conn *c) {
   uint32_t count = c->partition >= 0 ? 1 : c->nparts;
   /* Nothing may follow a close frame, even one wslay sent on its own. */
   if (c->closing || c->dead || wslay_event_get_close_sent(c->ctx)) return;
+  if (c->end_code) {
+    /* Stopping: nothing more is read; close once the queue is sent. */
+    if (queued(c) == 0) conn_close(c, c->end_code, c->end_reason);
+    return;
+  }
   if (c->group) {
     group_refill(c);
     return;
@@ -443,13 +451,13 @@ static void conn_refill(struct sd_ws_conn *c) {
       sd_stream_partition_stat(c->stream, p, &ps);
       if (c->next[p] >= ps.next_offset) continue;
       if (c->next[p] < ps.min_offset) {
-        conn_close(c, 4416, "fell behind retention: the next event was removed");
+        conn_close_after_queue(c, 4416, "fell behind retention: the next event was removed");
         return;
       }
       uint64_t before = c->next[p];
       int n = sd_stream_read(c->stream, p, c->next[p], READ_BATCH, cfg->ws_window_bytes - q, queue_record, c);
       if (n < 0) {
-        conn_close(c, 1011, n == SD_E_CORRUPT ? "a stored record failed its checksum" : "read failed");
+        conn_close_after_queue(c, 1011, n == SD_E_CORRUPT ? "the next stored record is damaged" : "read failed");
         return;
       }
       if (c->next[p] > before) {
@@ -541,6 +549,23 @@ static void conn_close(struct sd_ws_conn *c, uint16_t code, const char *reason) 
   c->closing = 1;
   sd_stream_wait_cancel(&c->waiter);
   wslay_event_queue_close(c->ctx, code, (const uint8_t *)reason, strlen(reason));
+}
+
+/* Ends a subscription that cannot go on (damage, retention) after the events
+ * already queued are sent: they were read in order before the reason to
+ * stop, so the subscriber gets every event it could be given, then the
+ * close.  Control frames jump wslay's queue, so the close waits here. */
+static void conn_close_after_queue(struct sd_ws_conn *c, uint16_t code, const char *reason) {
+  if (c->closing || c->dead) return;
+  if (queued(c) == 0) {
+    conn_close(c, code, reason);
+    return;
+  }
+  if (c->end_code == 0) {
+    c->end_code = code;
+    snprintf(c->end_reason, sizeof(c->end_reason), "%s", reason);
+    sd_stream_wait_cancel(&c->waiter);
+  }
 }
 
 static void conn_free(struct sd_ws_conn *c) {

@@ -17,7 +17,7 @@ import unittest
 
 import harness
 from harness import Server
-from wsclient import WSClient, WSClosed
+from wsclient import Closed as WSClosed, WsClient
 
 TMPFS_KB = 2048
 SEG = 65536
@@ -160,7 +160,7 @@ class DiskFullTest(unittest.TestCase):
         self.assertEqual(srv.post("/stream/keep/group/auto")[0], 201)  # ack: auto
 
         # A subscriber from the start, reading while the disk fills.
-        ws = WSClient("127.0.0.1", srv.port, "/stream/keep/ws/sub?from_offset=0", timeout=harness.scaled(10))
+        ws = WsClient.connect("127.0.0.1", srv.port, "/stream/keep/ws/sub?from_offset=0", timeout=harness.scaled(10))
         self.addCleanup(ws.close)
         received = []
         ws_err = []
@@ -168,7 +168,7 @@ class DiskFullTest(unittest.TestCase):
         def reader():
             try:
                 while True:
-                    m = ws.recv(timeout=harness.scaled(60))
+                    m = ws.recv_text(timeout=harness.scaled(60))
                     if m is None:
                         return
                     received.append(m)
@@ -238,14 +238,14 @@ class DiskFullTest(unittest.TestCase):
                     ack_refused += 1
         # Over WebSocket, a refused ack closes the connection with 1011 and
         # the reason (the client has no other way to learn it).
-        gws = WSClient("127.0.0.1", srv.port, "/stream/keep/group/workers/ws/c2?prefetch=1",
+        gws = WsClient.connect("127.0.0.1", srv.port, "/stream/keep/group/workers/ws/c2?prefetch=1",
                        timeout=harness.scaled(10))
         self.addCleanup(gws.close)
         ev = gws.recv_json(timeout=harness.scaled(10))
         self.assertIsNotNone(ev, "no event pushed to the group's WebSocket consumer")
         gws.send_text(json.dumps({"ack": {"partition": ev["partition"], "offset": ev["offset"]}}))
         with self.assertRaises(WSClosed) as cm:
-            while gws.recv(timeout=harness.scaled(10)) is not None:
+            while gws.recv_text(timeout=harness.scaled(10)) is not None:
                 pass
             self.fail("the WebSocket stayed open after a refused ack")
         self.assertEqual(cm.exception.code, 1011, cm.exception.reason)
