@@ -193,7 +193,7 @@ int sd_config_set(struct sd_config *c, const char *name, const char *value, char
   }
 }
 
-static char *trim(char *s) {
+char *sd_config_trim(char *s) {
   while (*s == ' ' || *s == '\t') s++;
   size_t n = strlen(s);
   while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n')) s[--n] = '\0';
@@ -212,7 +212,7 @@ int sd_config_load(struct sd_config *c, const char *path, char *err, size_t cap)
     lineno++;
     char *hash = strchr(line, '#');
     if (hash) *hash = '\0';
-    char *s = trim(line);
+    char *s = sd_config_trim(line);
     if (*s == '\0') continue;
     char *eq = strchr(s, '=');
     if (eq == NULL) {
@@ -222,7 +222,7 @@ int sd_config_load(struct sd_config *c, const char *path, char *err, size_t cap)
     }
     *eq = '\0';
     char msg[512];
-    if ((rc = sd_config_set(c, trim(s), trim(eq + 1), msg, sizeof(msg))) != 0) {
+    if ((rc = sd_config_set(c, sd_config_trim(s), sd_config_trim(eq + 1), msg, sizeof(msg))) != 0) {
       snprintf(err, cap, "%s:%d: %s", path, lineno, msg);
       break;
     }

@@ -59,6 +59,10 @@ int sd_config_load(struct sd_config *c, const char *path, char *err, size_t cap)
  * SD_E_INVALID_PARAMETER with err set. */
 int sd_config_from_args(struct sd_config *c, int argc, char **argv, char *err, size_t cap);
 
+/* Strips blanks (and a line's CR/LF) from both ends of s, in place;
+ * returns the first kept byte.  The config and key-file parsers share it. */
+char *sd_config_trim(char *s);
+
 /* A reload: copies into `running` the keys that apply to a running server
  * (logging, origins, request limits; docs/configuration.md lists them)
  * from `fresh`, and writes into `restart` (cap bytes) the comma-separated

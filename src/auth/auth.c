@@ -11,6 +11,7 @@
  * at least one grant; every grant has a non-empty pattern and perms != 0.
  */
 #include "streamd/auth.h"
+#include "streamd/config.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -279,12 +280,6 @@ fail_key:
   return rc;
 }
 
-static char *trim(char *s) {
-  while (*s == ' ' || *s == '\t') s++;
-  size_t n = strlen(s);
-  while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r' || s[n - 1] == '\n')) s[--n] = '\0';
-  return s;
-}
 
 int sd_auth_new(const char *lines, const char *keys_file, struct sd_auth **out, char *err, size_t cap) {
   struct sd_auth *a = calloc(1, sizeof(*a));
@@ -301,7 +296,7 @@ int sd_auth_new(const char *lines, const char *keys_file, struct sd_auth **out, 
       rc = -ENOMEM;
       goto fail;
     }
-    char *s = trim(copy);
+    char *s = sd_config_trim(copy);
     rc = *s ? add_line(a, s, msg, sizeof(msg)) : 0;
     free(copy);
     if (rc != 0) {
@@ -323,7 +318,7 @@ int sd_auth_new(const char *lines, const char *keys_file, struct sd_auth **out, 
       lineno++;
       char *hash = strchr(line, '#');
       if (hash) *hash = '\0';
-      char *s = trim(line);
+      char *s = sd_config_trim(line);
       if (*s == '\0') continue;
       if ((rc = add_line(a, s, msg, sizeof(msg))) != 0) {
         snprintf(err, cap, "%s:%d: %s", keys_file, lineno, rc == -ENOMEM ? "out of memory" : msg);
