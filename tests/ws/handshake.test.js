@@ -99,6 +99,19 @@ test('from_offset removed by retention: 416 offset_out_of_range', { timeout: h.s
     const s = await server.stats('ret');
     return s.min_offset > 0 ? s : null;
   }, h.scaled(10000), 'retention to remove old segments (stats min_offset > 0)');
+  // Retention removes a segment per pass, each once synced: wait until it
+  // has stopped (min_offset unchanged for 20 passes), so that min_offset
+  // read below still holds when the last client connects.
+  let last = -1;
+  let since = Date.now();
+  await h.waitFor(async () => {
+    const s = await server.stats('ret');
+    if (s.min_offset !== last) {
+      last = s.min_offset;
+      since = Date.now();
+    }
+    return Date.now() - since >= h.scaled(1000);
+  }, h.scaled(15000), 'retention to settle');
   const r = await h.rawHandshake(server.port, '/stream/ret/ws/hs?from_offset=0');
   assertRefused(r, 416, 'offset_out_of_range', 'from_offset=0 after retention');
   assert.equal(typeof r.json.min_offset, 'number', h.short(r.body));
