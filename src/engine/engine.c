@@ -1410,16 +1410,13 @@ void sd_stream_consumer_seen(struct sd_stream *s, const char *consumer, uint32_t
                              uint64_t now_ms) {
   /* "<consumer>#<partition, 5 digits or more>": sorts by partition number.
    * Built by hand: every delivery to a subscriber comes through here. */
-  char key[SD_MAX_NAME + 16], digits[10];
-  size_t n = strnlen(consumer, SD_MAX_NAME), nd = 0;
+  char key[SD_MAX_NAME + 32], digits[20];
+  size_t n = strnlen(consumer, SD_MAX_NAME), nd = sd_fmt_u64(digits, partition);
   memcpy(key, consumer, n);
   key[n++] = '#';
-  do {
-    digits[nd++] = (char)('0' + partition % 10);
-    partition /= 10;
-  } while (partition || nd < 5);
-  while (nd) key[n++] = digits[--nd];
-  key[n] = '\0';
+  for (size_t z = nd; z < 5; z++) key[n++] = '0';
+  memcpy(key + n, digits, nd);
+  key[n + nd] = '\0';
   json_t *v = json_object_get(s->consumers, key);
   if (v != NULL) {
     json_integer_set(json_array_get(v, 0), (json_int_t)offset);
